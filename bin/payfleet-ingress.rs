@@ -1,0 +1,14 @@
+//! payfleet-ingress: the HTTP API. Settings from config/ and PAYFLEET__… variables (README).
+
+use anyhow::Context;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = payfleet::config::Settings::load()?;
+    payfleet::telemetry::init(&settings.log);
+    let listen = settings.ingress.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("ingress.listen: cannot listen on {listen}"))?;
+    payfleet::ingress::run(settings, listener, payfleet::shutdown::on_signal()).await
+}

@@ -1,0 +1,423 @@
+//! Settings for every binary, one struct per section of `config/default.toml`.
+//!
+//! `load()` layers config/default.toml (or the copy compiled into the binary when the file is
+//! not there), an optional config/<PAYFLEET_ENV>.toml, then `PAYFLEET__SECTION__KEY` environment
+//! variables. Secrets come only from the environment or from `*_file` settings; a config file
+//! that holds one is refused, so a secret cannot end up committed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::domain::Money;
+
+/// The defaults, compiled in so a binary started outside the repository still has them.
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Keys whose values are secrets: allowed from the environment or a file, never from a config
+/// file.
+const SECRET_KEYS: &[&str] = &["auth.jwt_secret", "pay.password_pepper"];
+
+/// Why the settings could not be loaded; every message names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The layers did not parse or did not fit the settings' types.
+    #[error("configuration: {0}")]
+    Invalid(#[from] config::ConfigError),
+    /// A value parsed but makes no sense.
+    #[error("configuration key `{key}`: {reason}")]
+    Bad { key: &'static str, reason: String },
+    /// A secret is missing or sits in a config file.
+    #[error("configuration key `{key}`: {reason}")]
+    Secret { key: String, reason: String },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub ingress: IngressSettings,
+    pub database: DatabaseSettings,
+    pub broker: BrokerSettings,
+    pub redis: RedisSettings,
+    pub auth: AuthSettings,
+    pub pay: PaySettings,
+    pub pay_worker: PayWorkerSettings,
+    pub outbox: OutboxSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressSettings {
+    /// Address the HTTP API binds; port 0 picks a free port (printed at start).
+    pub listen: SocketAddr,
+    /// How long a pay request waits for the worker before answering 202 PROCESSING.
+    pub reply_timeout_ms: u64,
+    /// Request bodies larger than this are refused before they are parsed.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+    /// A request waiting longer than this for a connection fails instead of piling up.
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    pub url: SecretString,
+    /// Prefixed to every queue name, so several fleets or tests share one vhost.
+    pub namespace: String,
+    /// Quorum queues dead-letter a message delivered more often than this.
+    pub delivery_limit: u32,
+    /// A publish not confirmed within this is treated as failed.
+    pub publish_timeout_ms: u64,
+    /// Delay tiers for transient failures of `pay.requests` (a list, or "1000,5000" from the
+    /// environment).
+    #[serde(deserialize_with = "list_of_u64")]
+    pub retry_delays_ms: Vec<u64>,
+    /// Delay tiers of the outgoing notices (OrderNotify, shipping): WeChat's own schedule.
+    #[serde(deserialize_with = "list_of_u64")]
+    pub notice_retry_delays_ms: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: SecretString,
+    /// Prefixed to every key, so several fleets or tests share one Redis.
+    pub key_prefix: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    jwt_secret: Option<SecretString>,
+    jwt_secret_file: Option<PathBuf>,
+    /// Lifetime of tokens `payctl token` issues.
+    pub token_ttl_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaySettings {
+    password_pepper: Option<SecretString>,
+    password_pepper_file: Option<PathBuf>,
+    /// bcrypt work factor for pay passwords (4..=31).
+    pub bcrypt_cost: u32,
+    /// Wrong pay passwords allowed before the account's balance pay locks.
+    pub password_max_attempts: u32,
+    /// How long a lock (and the count of wrong tries) lasts.
+    pub password_lock_secs: u64,
+    /// The largest single payment accepted.
+    pub max_amount: Money,
+    /// Integral points per yuan.
+    pub integral_rate: u32,
+    /// Fewest points one integral payment may spend.
+    pub integral_min: Money,
+    /// Most points one order may be paid with.
+    pub integral_max_per_order: Money,
+    /// How long an unpaid order stays payable.
+    pub order_ttl_secs: u64,
+    pub sms_code_ttl_secs: u64,
+    /// Wrong SMS codes allowed before the code is burnt.
+    pub sms_code_max_attempts: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayWorkerSettings {
+    pub prefetch: u16,
+    pub concurrency: usize,
+    pub batch_max: usize,
+    /// Address for /healthz and /readyz; empty for none.
+    pub health_listen: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    pub relay: bool,
+    pub poll_ms: u64,
+    pub batch: i64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Settings {
+    /// Loads the layers from `PAYFLEET_CONFIG_DIR` (default `./config`) and the process
+    /// environment.
+    pub fn load() -> Result<Settings, ConfigError> {
+        Settings::load_with(&[])
+    }
+
+    /// `load()` with some variables set on top of the process environment (the demo and the
+    /// benchmark give their fleet throwaway secrets and namespaces this way).
+    pub fn load_with(overrides: &[(String, String)]) -> Result<Settings, ConfigError> {
+        let dir = std::env::var_os("PAYFLEET_CONFIG_DIR").map_or_else(|| PathBuf::from("config"), PathBuf::from);
+        let profile = std::env::var("PAYFLEET_ENV").ok().filter(|p| !p.is_empty());
+        let mut env: std::collections::HashMap<String, String> = std::env::vars().collect();
+        env.extend(overrides.iter().cloned());
+        Settings::load_from(&dir, profile.as_deref(), Some(env))
+    }
+
+    /// `load()` with explicit inputs; `env` replaces the process environment (for tests).
+    pub fn load_from(
+        dir: &Path,
+        profile: Option<&str>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Settings, ConfigError> {
+        let default_file = dir.join("default.toml");
+        let mut files = config::Config::builder();
+        files = if default_file.exists() {
+            files.add_source(config::File::from(default_file))
+        } else {
+            files.add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+        };
+        if let Some(profile) = profile {
+            files = files.add_source(config::File::from(dir.join(format!("{profile}.toml"))).required(false));
+        }
+        let files = files.build()?;
+        for key in SECRET_KEYS {
+            if files.get_string(key).is_ok() {
+                return Err(ConfigError::Secret {
+                    key: (*key).to_owned(),
+                    reason: format!("a secret must not be in a config file; set {} or `{key}_file`", env_name(key)),
+                });
+            }
+        }
+        let environment =
+            config::Environment::with_prefix("PAYFLEET").prefix_separator("__").separator("__").source(env);
+        let settings: Settings =
+            config::Config::builder().add_source(files).add_source(environment).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, reason: &str| Err(ConfigError::Bad { key, reason: reason.to_owned() });
+        if !(4..=31).contains(&self.pay.bcrypt_cost) {
+            return bad("pay.bcrypt_cost", "must be between 4 and 31");
+        }
+        if self.pay.integral_rate == 0 {
+            return bad("pay.integral_rate", "must be at least 1");
+        }
+        if self.pay.integral_min > self.pay.integral_max_per_order {
+            return bad("pay.integral_min", "must not exceed pay.integral_max_per_order");
+        }
+        if self.pay.max_amount.is_zero() {
+            return bad("pay.max_amount", "must be above zero");
+        }
+        if self.pay.password_max_attempts == 0 {
+            return bad("pay.password_max_attempts", "must be at least 1");
+        }
+        if self.pay_worker.prefetch == 0 || self.pay_worker.concurrency == 0 || self.pay_worker.batch_max == 0 {
+            return bad("pay_worker", "prefetch, concurrency and batch_max must be at least 1");
+        }
+        if self.broker.retry_delays_ms.is_empty() || self.broker.retry_delays_ms.contains(&0) {
+            return bad("broker.retry_delays_ms", "needs at least one delay, none of them zero");
+        }
+        if self.broker.notice_retry_delays_ms.is_empty() || self.broker.notice_retry_delays_ms.contains(&0) {
+            return bad("broker.notice_retry_delays_ms", "needs at least one delay, none of them zero");
+        }
+        if self.outbox.batch <= 0 {
+            return bad("outbox.batch", "must be at least 1");
+        }
+        if self.ingress.reply_timeout_ms == 0 {
+            return bad("ingress.reply_timeout_ms", "must be above zero");
+        }
+        if !self.broker.namespace.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return bad("broker.namespace", "may hold only letters, digits, '.', '_' and '-'");
+        }
+        Ok(())
+    }
+}
+
+impl IngressSettings {
+    pub fn reply_timeout(&self) -> Duration {
+        Duration::from_millis(self.reply_timeout_ms)
+    }
+}
+
+impl BrokerSettings {
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+}
+
+impl AuthSettings {
+    /// The HS256 key for user tokens; at least 32 bytes.
+    pub fn jwt_secret(&self) -> Result<SecretString, ConfigError> {
+        resolve_secret("auth.jwt_secret", self.jwt_secret.as_ref(), self.jwt_secret_file.as_deref(), 32)
+    }
+}
+
+impl PaySettings {
+    /// The server-side pepper mixed into every pay password hash; at least 16 bytes.
+    pub fn password_pepper(&self) -> Result<SecretString, ConfigError> {
+        resolve_secret("pay.password_pepper", self.password_pepper.as_ref(), self.password_pepper_file.as_deref(), 16)
+    }
+
+    pub fn password_lock(&self) -> Duration {
+        Duration::from_secs(self.password_lock_secs)
+    }
+}
+
+/// A list from a config file, or a comma-separated string from the environment. (The config
+/// crate's own list parsing would also turn every numeric-looking value, secrets included, into
+/// numbers.)
+fn list_of_u64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<u64>),
+        Text(String),
+    }
+    match Either::deserialize(deserializer)? {
+        Either::List(list) => Ok(list),
+        Either::Text(text) => text
+            .split(',')
+            .map(|part| part.trim().parse::<u64>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| serde::de::Error::custom(format!("expected numbers separated by commas: {e}"))),
+    }
+}
+
+/// `PAYFLEET__AUTH__JWT_SECRET` for `auth.jwt_secret`.
+fn env_name(key: &str) -> String {
+    format!("PAYFLEET__{}", key.replace('.', "__").to_uppercase())
+}
+
+fn resolve_secret(
+    key: &str,
+    value: Option<&SecretString>,
+    file: Option<&Path>,
+    min_len: usize,
+) -> Result<SecretString, ConfigError> {
+    let err = |reason: String| ConfigError::Secret { key: key.to_owned(), reason };
+    let secret = match (value, file) {
+        (Some(_), Some(_)) => return Err(err(format!("set either {} or `{key}_file`, not both", env_name(key)))),
+        (Some(v), None) => v.clone(),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| err(format!("cannot read `{key}_file` {}: {e}", path.display())))?;
+            SecretString::from(text.trim_end_matches(['\n', '\r']).to_owned())
+        }
+        (None, None) => return Err(err(format!("not set; set {} or `{key}_file`", env_name(key)))),
+    };
+    if secret.expose_secret().len() < min_len {
+        return Err(err(format!("must be at least {min_len} bytes long")));
+    }
+    Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+    }
+
+    fn repo_config() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
+    }
+
+    #[test]
+    fn defaults_load_and_env_overrides_them() {
+        let s = Settings::load_from(&repo_config(), None, env(&[])).unwrap();
+        assert_eq!(s.ingress.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.pay.bcrypt_cost, 10);
+        let s = Settings::load_from(
+            &repo_config(),
+            None,
+            env(&[
+                ("PAYFLEET__PAY__BCRYPT_COST", "4"),
+                ("PAYFLEET__BROKER__RETRY_DELAYS_MS", "10,20"),
+                ("PAYFLEET__PAY__MAX_AMOUNT", "99.99"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.pay.bcrypt_cost, 4);
+        assert_eq!(s.broker.retry_delays_ms, vec![10, 20]);
+        assert_eq!(s.pay.max_amount.to_string(), "99.99");
+    }
+
+    #[test]
+    fn the_compiled_in_defaults_are_used_without_a_config_dir() {
+        let s = Settings::load_from(Path::new("/nonexistent"), Some("prod"), env(&[])).unwrap();
+        assert_eq!(s.ingress.reply_timeout_ms, 3000);
+    }
+
+    #[test]
+    fn a_missing_secret_names_its_key_and_variable() {
+        let s = Settings::load_from(&repo_config(), None, env(&[])).unwrap();
+        let msg = s.auth.jwt_secret().unwrap_err().to_string();
+        assert!(msg.contains("auth.jwt_secret") && msg.contains("PAYFLEET__AUTH__JWT_SECRET"), "{msg}");
+        let s = Settings::load_from(&repo_config(), None, env(&[("PAYFLEET__PAY__PASSWORD_PEPPER", "short")])).unwrap();
+        assert!(s.pay.password_pepper().unwrap_err().to_string().contains("at least 16 bytes"));
+    }
+
+    #[test]
+    fn a_secret_can_come_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("payfleet-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("jwt");
+        std::fs::write(&file, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let s = Settings::load_from(
+            &repo_config(),
+            None,
+            env(&[("PAYFLEET__AUTH__JWT_SECRET_FILE", file.to_str().unwrap())]),
+        )
+        .unwrap();
+        assert_eq!(s.auth.jwt_secret().unwrap().expose_secret(), "0123456789abcdef0123456789abcdef");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_secret_in_a_config_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("payfleet-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("default.toml"), DEFAULTS).unwrap();
+        std::fs::write(dir.join("prod.toml"), "[pay]\npassword_pepper = \"0123456789abcdef\"\n").unwrap();
+        let err = Settings::load_from(&dir, Some("prod"), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("pay.password_pepper") && err.contains("must not be in a config file"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn wrong_values_name_their_key() {
+        let err = Settings::load_from(&repo_config(), None, env(&[("PAYFLEET__PAY__BCRYPT_COST", "99")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pay.bcrypt_cost"), "{err}");
+        let err = Settings::load_from(&repo_config(), None, env(&[("PAYFLEET__INGRESS__LISTEN", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ingress.listen"), "{err}");
+        let err = Settings::load_from(&repo_config(), None, env(&[("PAYFLEET__PAY__MAX_AMOUNT", "1.001")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pay.max_amount"), "{err}");
+    }
+}

@@ -1,0 +1,315 @@
+//! `payctl bench`: K concurrent clients pay fresh orders through the real ingress and
+//! pay-worker; prints settled payments per second, latency percentiles, the binaries' peak
+//! memory, and audits balances against the ledger afterwards. With `--pgbench` it also runs the
+//! pay-worker's own SQL (bench/payment.sql) under pgbench on the same machine, for the ratio.
+//!
+//! It runs in its own database (`<database>_bench`), queue namespace (`bench.`) and Redis prefix,
+//! all removed afterwards unless `--keep`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use secrecy::ExposeSecret;
+
+use super::client::ApiClient;
+use super::fleet::{self, Fleet, Logs};
+use super::{Admin, declare_topology, migrate};
+use crate::config::Settings;
+use crate::domain::{GoodsKind, Money, PayMethod};
+use crate::mq::topology::Topology;
+use crate::store::users::Balances;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchMethod {
+    Integral,
+    Balance,
+    Money2,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Concurrent clients, each paying its own orders one after another.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Payments per method.
+    #[arg(long, default_value_t = 20_000)]
+    pub payments: usize,
+    /// Methods to measure, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "integral,balance")]
+    pub methods: Vec<BenchMethod>,
+    /// bcrypt cost of the pay password during the run (production default: 10; one verify at
+    /// cost 10 is ~75 ms of CPU, which would make balance pay a bcrypt benchmark).
+    #[arg(long, default_value_t = 4)]
+    pub bcrypt_cost: u32,
+    /// Also run bench/payment.sql under pgbench and print the fleet/pgbench ratio.
+    #[arg(long)]
+    pub pgbench: bool,
+    /// Seconds pgbench runs.
+    #[arg(long, default_value_t = 15)]
+    pub pgbench_seconds: u32,
+    /// Keep the bench database, queues and logs afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// What one client saw of one payment.
+struct Sample {
+    latency: Duration,
+    status: u16,
+    code: String,
+}
+
+pub async fn run(base: Settings, args: BenchArgs) -> anyhow::Result<()> {
+    if args.clients == 0 || args.payments < args.clients {
+        bail!("--payments must be at least --clients");
+    }
+    let database_url = bench_database_url(base.database.url.expose_secret())?;
+    let mut overrides = super::demo::throwaway_secrets(&base);
+    overrides.extend([
+        ("PAYFLEET__DATABASE__URL".to_owned(), database_url.clone()),
+        ("PAYFLEET__BROKER__NAMESPACE".to_owned(), "bench.".to_owned()),
+        ("PAYFLEET__REDIS__KEY_PREFIX".to_owned(), "payfleet-bench:".to_owned()),
+        ("PAYFLEET__PAY__BCRYPT_COST".to_owned(), args.bcrypt_cost.to_string()),
+        ("PAYFLEET__INGRESS__LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+        ("PAYFLEET__LOG__FILTER".to_owned(), "warn".to_owned()),
+    ]);
+    let settings = Settings::load_with(&overrides)?;
+
+    println!(
+        "payctl bench: {} clients, {} payments per method, pay-password bcrypt cost {} for this run",
+        args.clients, args.payments, args.bcrypt_cost
+    );
+    crate::store::drop_database(&settings.database).await.context("dropping the old bench database")?;
+    migrate(&settings).await?;
+    declare_topology(&settings).await?;
+    let admin = Admin::connect(&settings)?;
+
+    let log_path = PathBuf::from("target/bench-logs/fleet.log");
+    let _ = std::fs::remove_file(&log_path);
+    let mut fleet = Fleet::new(fleet::bin_dir()?, overrides.iter().cloned().collect(), Logs::file(&log_path)?);
+    fleet.spawn(fleet::INGRESS, &[])?;
+    fleet.spawn(fleet::PAY_WORKER, &[])?;
+    let api = ApiClient::new(&fleet.ingress_url(Duration::from_secs(20)).await?);
+    api.wait_ready(Duration::from_secs(30)).await?;
+    let mut pids = fleet.pids(fleet::INGRESS);
+    pids.extend(fleet.pids(fleet::PAY_WORKER));
+
+    let result = measure(&admin, &api, &args).await;
+    let peaks = pids.iter().map(|pid| (*pid, peak_rss_kib(*pid))).collect::<Vec<_>>();
+    fleet.stop(Duration::from_secs(10)).await;
+    let rows = result?;
+
+    println!(
+        "\n{:<9} {:>9} {:>11} {:>8} {:>8} {:>8} {:>6}",
+        "method", "payments", "settled/s", "p50 ms", "p99 ms", "max ms", "202s"
+    );
+    for row in &rows {
+        println!(
+            "{:<9} {:>9} {:>11.0} {:>8.1} {:>8.1} {:>8.1} {:>6}",
+            row.method, row.settled, row.per_second, row.p50_ms, row.p99_ms, row.max_ms, row.processing
+        );
+    }
+    for ((pid, peak), name) in peaks.iter().zip([fleet::INGRESS, fleet::PAY_WORKER]) {
+        println!("peak RSS of {name} (pid {pid}): {:.1} MiB", *peak as f64 / 1024.0);
+    }
+    let audit = crate::store::ledger::audit(&admin.db).await?;
+    println!(
+        "audit of balances, ledger chains, profit_pay and orders: {}",
+        if audit.is_clean() { "clean".to_owned() } else { format!("{audit:?}") }
+    );
+
+    if args.pgbench {
+        let tps = run_pgbench(&database_url, &admin, args.clients, args.pgbench_seconds).await?;
+        println!("\npgbench, bench/payment.sql (one payment per transaction, {} clients): {tps:.0} tps", args.clients);
+        if let Some(integral) = rows.iter().find(|r| r.method == "integral") {
+            println!("fleet/pgbench ratio (integral): {:.2}", integral.per_second / tps);
+        }
+    }
+
+    if !args.keep {
+        cleanup(&settings, &admin).await?;
+    } else {
+        println!("kept the bench database, queues (namespace bench.) and {}", log_path.display());
+    }
+    if !audit.is_clean() {
+        bail!("the audit found inconsistencies");
+    }
+    Ok(())
+}
+
+/// One method's figures.
+struct Row {
+    method: &'static str,
+    settled: usize,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    processing: usize,
+}
+
+async fn measure(admin: &Admin, api: &ApiClient, args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
+    let one = Money::parse("1.00").expect("valid");
+    let goods = crate::store::goods::create_goods(&admin.db, GoodsKind::Infinite, "bench draw", one).await?;
+    let opening = Balances {
+        money: Money::parse("1000000").expect("valid"),
+        integral: Money::parse("100000000").expect("valid"),
+        money2: Money::parse("1000000").expect("valid"),
+    };
+    let mut users = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        users.push(admin.create_user(&format!("bench-{i}"), &opening, Some("123456")).await?);
+    }
+    let ttl = Duration::from_secs(3600);
+    let per_client = args.payments / args.clients;
+
+    let mut rows = Vec::new();
+    for method in &args.methods {
+        let pay_method = match method {
+            BenchMethod::Integral => PayMethod::Integral,
+            BenchMethod::Balance => PayMethod::Balance,
+            BenchMethod::Money2 => PayMethod::Money2,
+        };
+        let name = pay_method.as_str();
+        let mut plans = Vec::with_capacity(args.clients);
+        for (i, (user, token)) in users.iter().enumerate() {
+            let prefix = format!("B{}{i:03}", &name[..1].to_uppercase());
+            let orders =
+                crate::store::orders::create_bulk(&admin.db, &prefix, *user, goods, per_client as i64, ttl).await?;
+            plans.push((token.clone(), orders));
+        }
+        print!("{name}: paying {} orders… ", per_client * args.clients);
+        use std::io::Write;
+        std::io::stdout().flush()?;
+
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (token, orders) in plans {
+            let (api, method) = (api.clone(), *method);
+            tasks.spawn(async move {
+                let mut samples = Vec::with_capacity(orders.len());
+                for order_no in orders {
+                    let t0 = Instant::now();
+                    let r = match method {
+                        BenchMethod::Integral => api.pay_integral(&token, &order_no, "10.00", "1.00").await,
+                        BenchMethod::Balance => api.pay_balance(&token, &order_no, "1.00", "123456").await,
+                        BenchMethod::Money2 => api.pay_money2(&token, &order_no, "1.00").await,
+                    };
+                    let (status, code) = match r {
+                        Ok(r) => (r.status, r.code().to_owned()),
+                        Err(e) => (0, e.to_string()),
+                    };
+                    samples.push(Sample { latency: t0.elapsed(), status, code });
+                }
+                samples
+            });
+        }
+        let mut samples = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            samples.extend(done?);
+        }
+        let answered = started.elapsed();
+        let processing = samples.iter().filter(|s| s.status == 202).count();
+        // Requests answered 202 are still settling: wait for them before counting.
+        let settled = wait_settled(admin, pay_method, samples.len(), Duration::from_secs(60)).await?;
+        let elapsed = if processing > 0 { started.elapsed() } else { answered };
+
+        let mut failures: HashMap<String, usize> = HashMap::new();
+        for s in samples.iter().filter(|s| s.status != 200 && s.status != 202) {
+            *failures.entry(format!("{} {}", s.status, s.code)).or_default() += 1;
+        }
+        let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+        latencies.sort_unstable();
+        let pct = |p: f64| {
+            latencies[((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1].as_secs_f64()
+                * 1000.0
+        };
+        println!("{settled} settled in {:.2}s", elapsed.as_secs_f64());
+        if !failures.is_empty() {
+            println!("  failed answers: {failures:?}");
+        }
+        rows.push(Row {
+            method: name,
+            settled,
+            per_second: settled as f64 / elapsed.as_secs_f64(),
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            max_ms: pct(1.0),
+            processing,
+        });
+    }
+    Ok(rows)
+}
+
+/// Waits until `expected` payments of the method are in the database (or the deadline).
+async fn wait_settled(admin: &Admin, method: PayMethod, expected: usize, within: Duration) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = crate::store::payments::count_successful(&admin.db, method).await? as usize;
+        if n >= expected || Instant::now() >= deadline {
+            return Ok(n);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The peak resident set of a process (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn bench_database_url(url: &str) -> anyhow::Result<String> {
+    let mut parsed = reqwest::Url::parse(url).context("database.url is not a URL")?;
+    let name = parsed.path().trim_start_matches('/').to_owned();
+    parsed.set_path(&format!("/{}_bench", if name.is_empty() { "payfleet" } else { &name }));
+    Ok(parsed.to_string())
+}
+
+/// Runs bench/payment.sql with pgbench against orders it seeds, and answers its tps.
+async fn run_pgbench(database_url: &str, admin: &Admin, clients: usize, seconds: u32) -> anyhow::Result<f64> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench");
+    let prepare = tokio::process::Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-d", database_url, "-f"])
+        .arg(script.join("prepare.sql"))
+        .status()
+        .await
+        .context("running psql (is it installed?)")?;
+    if !prepare.success() {
+        bail!("bench/prepare.sql failed");
+    }
+    let output = tokio::process::Command::new("pgbench")
+        .args(["-n", "-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string(), "-f"])
+        .arg(script.join("payment.sql"))
+        .arg(database_url)
+        .output()
+        .await
+        .context("running pgbench (is it installed?)")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("pgbench failed: {}{}", text, String::from_utf8_lossy(&output.stderr));
+    }
+    let audit = crate::store::ledger::audit(&admin.db).await?;
+    if !audit.is_clean() {
+        bail!("the pgbench run left the ledger inconsistent: {audit:?}");
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = ").and_then(|rest| rest.split_whitespace().next()?.parse().ok()))
+        .context("no tps line in pgbench's output")
+}
+
+async fn cleanup(settings: &Settings, admin: &Admin) -> anyhow::Result<()> {
+    admin.db.close().await;
+    crate::store::drop_database(&settings.database).await?;
+    admin.cache.delete_namespace().await?;
+    let conn = crate::mq::connect(&settings.broker, "payctl-bench").await?;
+    Topology::new(&settings.broker).delete(&conn.create_channel().await?).await?;
+    let _ = conn.close(200, "bye".into()).await;
+    Ok(())
+}

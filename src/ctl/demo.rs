@@ -1,0 +1,267 @@
+//! `payctl demo`: migrates, declares the topology, starts the fleet as child processes, seeds a
+//! user and goods, pays orders with balance, integral and money2 through the HTTP API, and checks
+//! every answer and the final balances and ledger. Exits non-zero if any step went wrong.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use super::client::{ApiClient, ApiResponse};
+use super::fleet::{self, Fleet, Logs};
+use super::{Admin, declare_topology, migrate};
+use crate::config::Settings;
+use crate::domain::{GoodsKind, Money};
+use crate::store::users::Balances;
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Leave the fleet running after the scenario and print curl lines to try.
+    #[arg(long)]
+    pub keep_running: bool,
+}
+
+/// Counts the scenario's checks and prints each.
+struct Checks {
+    failed: Vec<String>,
+    passed: usize,
+}
+
+impl Checks {
+    fn expect(&mut self, what: &str, ok: bool, detail: impl std::fmt::Display) {
+        if ok {
+            self.passed += 1;
+            println!("    ✓ {what}");
+        } else {
+            println!("    ✗ {what}: {detail}");
+            self.failed.push(what.to_owned());
+        }
+    }
+
+    /// Checks an API answer's HTTP status and code.
+    fn answer(&mut self, what: &str, r: &ApiResponse, status: u16, code: &str) {
+        let ok = r.status == status && r.code() == code;
+        self.expect(&format!("{what} → {status} {code}"), ok, format!("got {} {}", r.status, r.body));
+    }
+}
+
+fn step(n: u32, text: &str) {
+    println!("\n── {n}. {text}");
+}
+
+fn show(r: &ApiResponse) {
+    println!("    {} {}", r.status, compact(&r.body));
+}
+
+fn compact(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Secrets the fleet needs: the operator's if set, otherwise throwaway ones for this run.
+pub(crate) fn throwaway_secrets(settings: &Settings) -> Vec<(String, String)> {
+    let mut extra = Vec::new();
+    let random = || (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect::<String>();
+    if settings.auth.jwt_secret().is_err() {
+        extra.push(("PAYFLEET__AUTH__JWT_SECRET".to_owned(), random()));
+    }
+    if settings.pay.password_pepper().is_err() {
+        extra.push(("PAYFLEET__PAY__PASSWORD_PEPPER".to_owned(), random()));
+    }
+    extra
+}
+
+pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
+    let secrets = throwaway_secrets(&settings);
+    if !secrets.is_empty() {
+        println!("no JWT secret / pepper in the environment: using throwaway ones for this run");
+    }
+    let settings = Settings::load_with(&secrets)?;
+
+    step(1, "migrate the database and declare the queues");
+    migrate(&settings).await?;
+    declare_topology(&settings).await?;
+    println!("    database and topology ready");
+
+    step(2, "start the fleet (payfleet-ingress, payfleet-pay-worker)");
+    let mut fleet = Fleet::new(fleet::bin_dir()?, secrets.into_iter().collect(), Logs::Prefixed);
+    fleet.spawn(fleet::INGRESS, &[])?;
+    fleet.spawn(fleet::PAY_WORKER, &[])?;
+    let url = fleet.ingress_url(Duration::from_secs(20)).await?;
+    let api = ApiClient::new(&url);
+    api.wait_ready(Duration::from_secs(30)).await.context("waiting for /readyz")?;
+    println!("    ingress ready at {url}");
+
+    let outcome = scenario(&settings, &api).await;
+    let outcome = match outcome {
+        Ok((checks, user, token)) if args.keep_running && checks.failed.is_empty() => {
+            print_try_lines(&url, user, &token);
+            tokio::signal::ctrl_c().await?;
+            println!("\nstopping the fleet…");
+            Ok(checks)
+        }
+        other => other.map(|(checks, _, _)| checks),
+    };
+    fleet.stop(Duration::from_secs(10)).await;
+    let checks = outcome?;
+    if checks.failed.is_empty() {
+        println!("\ndemo passed: {} checks", checks.passed);
+        Ok(())
+    } else {
+        bail!(
+            "demo failed: {} of {} checks: {}",
+            checks.failed.len(),
+            checks.failed.len() + checks.passed,
+            checks.failed.join("; ")
+        )
+    }
+}
+
+async fn scenario(settings: &Settings, api: &ApiClient) -> anyhow::Result<(Checks, i64, String)> {
+    let admin = Admin::connect(settings)?;
+    let mut c = Checks { failed: Vec::new(), passed: 0 };
+    let m = |s: &str| Money::parse(s).expect("demo amounts are valid");
+
+    step(3, "seed a user (balance 100.00, integral 1000, money2 20.00) and two goods");
+    let opening = Balances { money: m("100.00"), integral: m("1000"), money2: m("20.00") };
+    let (user, token) = admin.create_user("demo", &opening, None).await?;
+    let ticket = crate::store::goods::create_goods(&admin.db, GoodsKind::Ichiban, "一番赏 ticket", m("10.00")).await?;
+    let draw = crate::store::goods::create_goods(&admin.db, GoodsKind::Infinite, "无限赏 draw", m("5.00")).await?;
+    println!("    user {user}, goods {ticket} (ichiban, 10.00) and {draw} (infinite, 5.00)");
+
+    step(4, "set the pay password with an SMS code");
+    let code = admin.issue_sms_code(user).await?;
+    println!("    SMS code issued: {code}");
+    let r = api.set_pay_password(&token, "123456", &code).await?;
+    show(&r);
+    c.answer("set pay password", &r, 200, "SUCCESS");
+    let r = api.set_pay_password(&token, "123456", &code).await?;
+    c.answer("the same SMS code again", &r, 422, "SMS_CODE_INVALID");
+
+    step(5, "order one ticket (10.00) and pay it with balance");
+    let order = api.create_order(&token, ticket, 1).await?;
+    show(&order);
+    c.answer("create order", &order, 200, "SUCCESS");
+    let first = order.field("order_no").to_owned();
+    let r = api.pay_balance(&token, &first, "10.00", "123456").await?;
+    show(&r);
+    c.answer("balance pay", &r, 200, "SUCCESS");
+    c.expect("remaining_balance is 90.00", r.field("remaining_balance") == "90.00", r.field("remaining_balance"));
+    let pay_no = r.field("pay_no").to_owned();
+
+    step(6, "pay the same order again: refused, nothing deducted");
+    let r = api.pay_balance(&token, &first, "10.00", "123456").await?;
+    show(&r);
+    c.answer("second pay of a paid order", &r, 409, "ORDERPAID");
+    c.expect("ORDERPAID names the original pay_no", r.field("pay_no") == pay_no, r.field("pay_no"));
+
+    step(7, "a wrong pay password, then the right one");
+    let order = api.create_order(&token, ticket, 1).await?;
+    let second = order.field("order_no").to_owned();
+    let r = api.pay_balance(&token, &second, "10.00", "654321").await?;
+    show(&r);
+    c.answer("wrong password", &r, 403, "PASSWORD_WRONG");
+    c.expect("4 tries left", r.data()["tries_left"] == 4, r.data());
+    let r = api.pay_balance(&token, &second, "10.00", "123456").await?;
+    show(&r);
+    c.answer("right password", &r, 200, "SUCCESS");
+    c.expect("remaining_balance is 80.00", r.field("remaining_balance") == "80.00", r.field("remaining_balance"));
+
+    step(8, "order two draws (10.00) and pay them with 100 integral points");
+    let order = api.create_order(&token, draw, 2).await?;
+    let third = order.field("order_no").to_owned();
+    c.expect("order amount is 10.00", order.field("amount") == "10.00", order.field("amount"));
+    let r = api.pay_integral(&token, &third, "100.00", "10.00").await?;
+    show(&r);
+    c.answer("integral pay", &r, 200, "SUCCESS");
+    c.expect("remaining_integral is 900.00", r.field("remaining_integral") == "900.00", r.field("remaining_integral"));
+
+    step(9, "order one draw (5.00) and pay it with money2");
+    let order = api.create_order(&token, draw, 1).await?;
+    let fourth = order.field("order_no").to_owned();
+    let r = api.pay_money2(&token, &fourth, "5.00").await?;
+    show(&r);
+    c.answer("money2 pay", &r, 200, "SUCCESS");
+    c.expect("remaining_money2 is 15.00", r.field("remaining_money2") == "15.00", r.field("remaining_money2"));
+
+    step(10, "refusals that change nothing");
+    let order = api.create_order(&token, ticket, 3).await?;
+    let fifth = order.field("order_no").to_owned();
+    let r = api.pay_money2(&token, &fifth, "30.00").await?;
+    show(&r);
+    c.answer("money2 pay of 30.00 with 15.00 left", &r, 409, "NOTENOUGH");
+    let r = api.pay_balance(&token, &fifth, "29.99", "123456").await?;
+    c.answer("amount not the order amount", &r, 422, "AMOUNT_MISMATCH");
+    let r = api.pay_balance(&token, &fifth, "30.001", "123456").await?;
+    c.answer("three decimals", &r, 422, "VALIDATION");
+    let r = api.pay_balance(&token, "ORD000", "1.00", "123456").await?;
+    c.answer("unknown order", &r, 404, "NOT_FOUND");
+    let r = api.pay_balance("not-a-token", &fifth, "30.00", "123456").await?;
+    c.answer("bad token", &r, 401, "UNAUTHORIZED");
+
+    step(11, "payment status");
+    let r = api.status(&token, &first).await?;
+    show(&r);
+    c.answer("status", &r, 200, "SUCCESS");
+    c.expect(
+        "pay_status SUCCESS via BALANCE",
+        r.field("pay_status") == "SUCCESS" && r.field("pay_type") == "BALANCE",
+        r.data(),
+    );
+
+    step(12, "final balances and the ledger");
+    let balances = crate::store::users::balances(&admin.db, user).await?.context("the demo user exists")?;
+    println!("    balance {}  integral {}  money2 {}", balances.money, balances.integral, balances.money2);
+    c.expect(
+        "balances are 80.00 / 900.00 / 15.00",
+        balances == Balances { money: m("80.00"), integral: m("900.00"), money2: m("15.00") },
+        format!("{balances:?}"),
+    );
+    let ledger = ledger_lines(&admin, user).await?;
+    for line in &ledger {
+        println!("    {line}");
+    }
+    c.expect("four ledger rows", ledger.len() == 4, ledger.len());
+    let relayed = wait_outbox_drained(&admin).await?;
+    c.expect("every order-paid event relayed to order.followup", relayed, "outbox rows still unsent");
+    Ok((c, user, token))
+}
+
+async fn ledger_lines(admin: &Admin, user: i64) -> anyhow::Result<Vec<String>> {
+    Ok(crate::store::ledger::entries(&admin.db, user)
+        .await?
+        .into_iter()
+        .map(|e| {
+            format!(
+                "{:<8} {:>8} → {:>8}  {} {}",
+                e.asset,
+                e.change,
+                e.balance_after,
+                e.order_no.unwrap_or_default(),
+                e.pay_no.unwrap_or_default()
+            )
+        })
+        .collect())
+}
+
+async fn wait_outbox_drained(admin: &Admin) -> anyhow::Result<bool> {
+    for _ in 0..50 {
+        if crate::store::outbox::unsent_count(&admin.db).await? == 0 {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(false)
+}
+
+fn print_try_lines(url: &str, user: i64, token: &str) {
+    println!("\nThe fleet keeps running (Ctrl-C stops it). User {user} has pay password 123456. Try:");
+    println!("  TOKEN={token}");
+    println!(
+        "  curl -s -X POST {url}/api/v1/orders -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"goods_id\":1,\"num\":1}}'"
+    );
+    println!(
+        "  curl -s -X POST {url}/api/v1/payment/balance/pay -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"order_no\":\"<order_no>\",\"amount\":\"10.00\",\"pay_password\":\"123456\"}}'"
+    );
+    println!("  curl -s {url}/api/v1/payment/<order_no>/status -H \"Authorization: Bearer $TOKEN\"");
+    println!("  curl -s {url}/readyz");
+}

@@ -1,0 +1,188 @@
+//! Starting the fleet's binaries as child processes (for `payctl demo`, `payctl bench` and the
+//! end-to-end tests), with their logs prefixed or written to a file, and stopping them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+pub const INGRESS: &str = "payfleet-ingress";
+pub const PAY_WORKER: &str = "payfleet-pay-worker";
+
+/// Where children's log lines go.
+#[derive(Clone)]
+pub enum Logs {
+    /// To our stdout, each line prefixed with the child's short name (the demo).
+    Prefixed,
+    /// Appended to a file (tests, bench): quiet, and there to read when something fails.
+    File(Arc<Mutex<std::fs::File>>),
+}
+
+impl Logs {
+    pub fn file(path: &Path) -> anyhow::Result<Logs> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Logs::File(Arc::new(Mutex::new(file))))
+    }
+
+    fn write(&self, who: &str, line: &str) {
+        match self {
+            Logs::Prefixed => println!("[{who}] {line}"),
+            Logs::File(file) => {
+                use std::io::Write;
+                let _ = writeln!(file.lock().expect("log file lock"), "[{who}] {line}");
+            }
+        }
+    }
+}
+
+/// A running set of fleet binaries.
+pub struct Fleet {
+    bin_dir: PathBuf,
+    /// PAYFLEET__… variables every child gets.
+    env: HashMap<String, String>,
+    logs: Logs,
+    children: Vec<(String, Child)>,
+    /// The ingress's base URL, once it printed its listening line.
+    ingress_url: watch::Receiver<Option<String>>,
+    ingress_url_tx: watch::Sender<Option<String>>,
+}
+
+impl Fleet {
+    pub fn new(bin_dir: PathBuf, env: HashMap<String, String>, logs: Logs) -> Fleet {
+        let (ingress_url_tx, ingress_url) = watch::channel(None);
+        Fleet { bin_dir, env, logs, children: Vec::new(), ingress_url, ingress_url_tx }
+    }
+
+    /// Starts one more copy of `binary`, with `extra` variables on top of the fleet's.
+    pub fn spawn(&mut self, binary: &str, extra: &[(&str, &str)]) -> anyhow::Result<u32> {
+        let path = self.bin_dir.join(binary);
+        if !path.exists() {
+            bail!("{} not found; build the fleet with `cargo build --release --bins`", path.display());
+        }
+        let mut command = Command::new(&path);
+        command.envs(&self.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().with_context(|| format!("starting {}", path.display()))?;
+        let pid = child.id().unwrap_or_default();
+        let short = binary.trim_start_matches("payfleet-").to_owned();
+        let is_ingress = binary == INGRESS;
+        forward(
+            child.stdout.take().expect("piped"),
+            short.clone(),
+            self.logs.clone(),
+            is_ingress.then(|| self.ingress_url_tx.clone()),
+        );
+        forward(child.stderr.take().expect("piped"), short.clone(), self.logs.clone(), None);
+        self.children.push((binary.to_owned(), child));
+        Ok(pid)
+    }
+
+    /// Waits for the ingress to print its address, and answers it as `http://host:port`.
+    pub async fn ingress_url(&mut self, within: Duration) -> anyhow::Result<String> {
+        let url = tokio::time::timeout(within, self.ingress_url.wait_for(Option::is_some))
+            .await
+            .context("the ingress did not start listening in time (is its port taken? see its log)")?
+            .context("ingress log closed")?;
+        Ok(url.clone().expect("waited for Some"))
+    }
+
+    /// The process ids of the running copies of `binary`.
+    pub fn pids(&self, binary: &str) -> Vec<u32> {
+        self.children.iter().filter(|(name, _)| name == binary).filter_map(|(_, c)| c.id()).collect()
+    }
+
+    /// SIGKILLs every copy of `binary` and reaps them: a crash, not a shutdown.
+    pub async fn kill(&mut self, binary: &str) {
+        let mut kept = Vec::new();
+        for (name, mut child) in self.children.drain(..) {
+            if name == binary {
+                let _ = child.kill().await;
+            } else {
+                kept.push((name, child));
+            }
+        }
+        self.children = kept;
+    }
+
+    /// SIGTERMs every child and waits for them to finish their work in hand (SIGKILL after
+    /// `grace`).
+    pub async fn stop(&mut self, grace: Duration) {
+        for (_, child) in &self.children {
+            if let Some(pid) = child.id() {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            }
+        }
+        for (name, mut child) in self.children.drain(..) {
+            match tokio::time::timeout(grace, child.wait()).await {
+                Ok(Ok(status)) if !status.success() => tracing::warn!(%name, %status, "child exited with failure"),
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(%name, "child did not stop in time, killing it");
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+
+    /// Whether any child has exited (it should not while the fleet runs).
+    pub fn exited(&mut self) -> Option<String> {
+        self.children.iter_mut().find_map(|(name, child)| match child.try_wait() {
+            Ok(Some(status)) => Some(format!("{name} exited: {status}")),
+            _ => None,
+        })
+    }
+}
+
+fn forward(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    who: String,
+    logs: Logs,
+    url: Option<watch::Sender<Option<String>>>,
+) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let (Some(url_tx), Some(addr)) = (&url, line.strip_prefix("payfleet-ingress listening on ")) {
+                let _ = url_tx.send(Some(addr.trim().to_owned()));
+            }
+            logs.write(&who, &line);
+        }
+    });
+}
+
+/// The directory holding the fleet's binaries: next to the running one. Under `cargo run`
+/// (which builds only the binary it runs) the siblings are built first.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the executable has no directory")?.to_path_buf();
+    if let (Ok(cargo), Ok(manifest)) = (std::env::var("CARGO"), std::env::var("CARGO_MANIFEST_DIR")) {
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "--bins", "--manifest-path"]).arg(Path::new(&manifest).join("Cargo.toml"));
+        if release {
+            build.arg("--release");
+        }
+        println!("building the fleet's binaries ({})…", if release { "release" } else { "debug" });
+        let status = build.status().context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build --bins failed");
+        }
+    }
+    Ok(dir)
+}

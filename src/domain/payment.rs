@@ -1,0 +1,137 @@
+//! Payment methods and the assets they draw on.
+
+use serde::{Deserialize, Serialize};
+
+/// How (part of) an order is paid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayMethod {
+    Wechat,
+    Balance,
+    Integral,
+    Money2,
+}
+
+/// A user's internal asset: the column it lives in and the ledger's name for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Asset {
+    Money,
+    Integral,
+    Money2,
+}
+
+impl PayMethod {
+    /// The name stored in `payments.method` and shown in `payment_details`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayMethod::Wechat => "wechat",
+            PayMethod::Balance => "balance",
+            PayMethod::Integral => "integral",
+            PayMethod::Money2 => "money2",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PayMethod> {
+        match s {
+            "wechat" => Some(PayMethod::Wechat),
+            "balance" => Some(PayMethod::Balance),
+            "integral" => Some(PayMethod::Integral),
+            "money2" => Some(PayMethod::Money2),
+            _ => None,
+        }
+    }
+
+    /// `pay_type` in the status answer (seed 000 shows `"WECHAT"`).
+    pub fn pay_type_name(self) -> &'static str {
+        match self {
+            PayMethod::Wechat => "WECHAT",
+            PayMethod::Balance => "BALANCE",
+            PayMethod::Integral => "INTEGRAL",
+            PayMethod::Money2 => "MONEY2",
+        }
+    }
+
+    /// The numeric `profit_pay.pay_type` of seed 001.
+    pub fn pay_type(self) -> i16 {
+        match self {
+            PayMethod::Wechat => 1,
+            PayMethod::Balance => 2,
+            PayMethod::Integral => 3,
+            PayMethod::Money2 => 4,
+        }
+    }
+
+    /// The prefix of this method's pay numbers (`BAL…`, `INT…`, as in seed 000's examples).
+    pub fn pay_no_prefix(self) -> &'static str {
+        match self {
+            PayMethod::Wechat => "WX",
+            PayMethod::Balance => "BAL",
+            PayMethod::Integral => "INT",
+            PayMethod::Money2 => "HN",
+        }
+    }
+
+    /// The internal asset this method deducts, if any.
+    pub fn asset(self) -> Option<Asset> {
+        match self {
+            PayMethod::Wechat => None,
+            PayMethod::Balance => Some(Asset::Money),
+            PayMethod::Integral => Some(Asset::Integral),
+            PayMethod::Money2 => Some(Asset::Money2),
+        }
+    }
+}
+
+impl Asset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Asset::Money => "money",
+            Asset::Integral => "integral",
+            Asset::Money2 => "money2",
+        }
+    }
+}
+
+impl PayMethod {
+    /// `profit_pay.content`, worded as the shop's own records (seed 000 writes "余额支付").
+    pub fn content(self) -> &'static str {
+        match self {
+            PayMethod::Wechat => "微信支付",
+            PayMethod::Balance => "余额支付",
+            PayMethod::Integral => "积分支付",
+            PayMethod::Money2 => "哈尼券支付",
+        }
+    }
+}
+
+/// A settled payment, as the pay-worker answers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub pay_no: String,
+    pub method: PayMethod,
+    #[serde(with = "time::serde::rfc3339")]
+    pub pay_time: time::OffsetDateTime,
+    /// What is left of the asset the payment drew on, in that asset's unit.
+    pub remaining: super::Money,
+}
+
+/// A payment the worker refused; nothing was charged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub code: super::Code,
+    /// A sentence the payer can act on.
+    pub message: String,
+    /// ORDERPAID: the payment that already settled the order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay_no: Option<String>,
+    /// PASSWORD_WRONG: tries left before the lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tries_left: Option<u32>,
+}
+
+impl Refusal {
+    pub fn new(code: super::Code, message: impl Into<String>) -> Refusal {
+        Refusal { code, message: message.into(), pay_no: None, tries_left: None }
+    }
+}

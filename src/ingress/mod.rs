@@ -1,0 +1,109 @@
+//! The HTTP ingress (axum only): authenticates and validates requests, publishes pay requests
+//! to the broker and waits for the worker's answer, and serves reads straight from PostgreSQL.
+
+mod error;
+mod extract;
+pub mod health;
+mod orders;
+mod payment;
+mod user;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use error::{ApiError, Result};
+
+use crate::auth::TokenKeys;
+use crate::cache::Cache;
+use crate::config::{PaySettings, Settings};
+use crate::mq::rpc::RpcClient;
+use crate::password::PasswordHasher;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub cache: Cache,
+    pub rpc: RpcClient,
+    pub tokens: Arc<TokenKeys>,
+    pub passwords: PasswordHasher,
+    pub pay: Arc<PaySettings>,
+    /// How long a pay request waits for the worker before answering 202.
+    pub reply_timeout: Duration,
+}
+
+/// The id of one HTTP request: logged on every line, returned in `x-request-id`, and used as
+/// the pay request's message id, so one id follows a payment from HTTP to the ledger.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestId(pub uuid::Uuid);
+
+impl AppState {
+    /// Builds the state from settings: secrets resolved, connections lazy.
+    pub fn from_settings(settings: &Settings, stop: CancellationToken) -> anyhow::Result<AppState> {
+        Ok(AppState {
+            db: crate::store::pool(&settings.database)?,
+            cache: Cache::new(&settings.redis)?,
+            rpc: RpcClient::start(settings.broker.clone(), stop),
+            tokens: Arc::new(TokenKeys::new(
+                &settings.auth.jwt_secret()?,
+                Duration::from_secs(settings.auth.token_ttl_secs),
+            )),
+            passwords: PasswordHasher::new(settings.pay.password_pepper()?, settings.pay.bcrypt_cost),
+            pay: Arc::new(settings.pay.clone()),
+            reply_timeout: settings.ingress.reply_timeout(),
+        })
+    }
+}
+
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .merge(orders::router())
+        .merge(payment::router())
+        .merge(user::router())
+        .merge(health::router())
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn(with_request_id))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `stop`, then drains in-flight requests.
+pub async fn run(settings: Settings, listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
+    let state = AppState::from_settings(&settings, stop.clone())?;
+    let app = router(state, settings.ingress.max_body_bytes);
+    let addr = listener.local_addr()?;
+    // Tests and `payctl demo` read this line to learn the port.
+    println!("payfleet-ingress listening on http://{addr}");
+    tracing::info!(%addr, "listening");
+    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await?;
+    Ok(())
+}
+
+async fn with_request_id(mut request: Request, next: Next) -> Response {
+    let id = RequestId(uuid::Uuid::now_v7());
+    request.extensions_mut().insert(id);
+    let span =
+        tracing::info_span!("http", request_id = %id.0, method = %request.method(), path = %request.uri().path());
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "answered"
+        );
+    });
+    response
+        .headers_mut()
+        .insert("x-request-id", HeaderValue::from_str(&id.0.to_string()).expect("a uuid is a header value"));
+    response
+}

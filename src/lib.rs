@@ -1,0 +1,30 @@
+//! payfleet: a payment system shaped as a message-queue driven worker fleet.
+//!
+//! The life of a payment (README, "The life of a payment"):
+//! 1. the mini-program calls `POST /api/v1/payment/balance/pay` with a Bearer JWT;
+//! 2. `ingress` authenticates, validates, seals the pay password, and publishes `PayRequested`
+//!    to `pay.requests` (`mq::rpc`), counting it sent only on the broker's publisher confirm;
+//! 3. `workers::pay` takes the deliveries at hand as a batch (`mq::consumer`) and verifies pay
+//!    passwords (`password`, attempts in `cache`);
+//! 4. `store::payments` applies the batch in one transaction: orders and users locked, a
+//!    conditional deduction per account, payments, ledger, profit_pay and outbox rows;
+//! 5. the worker replies on `amq.rabbitmq.reply-to`, then acks; the ingress answers 200, or 202
+//!    PROCESSING if the reply did not come in time;
+//! 6. `workers::relay` publishes the outbox (order paid → `order.followup`).
+//!
+//! Modules: `domain` (pure types), `config`, `telemetry`, `shutdown`, `auth` (JWT), `password`,
+//! `cache` (Redis), `store` (PostgreSQL), `mq` (RabbitMQ), `ingress` (axum), `workers`, `ctl`
+//! (payctl: demo, bench, fleet supervisor).
+
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod ctl;
+pub mod domain;
+pub mod ingress;
+pub mod mq;
+pub mod password;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod workers;

@@ -1,0 +1,63 @@
+//! The bodies of queue messages: past-tense events, JSON, one struct per kind. The envelope
+//! (message id, correlation id, attempt, traceparent, schema version) travels in the AMQP
+//! properties, see `mq::envelope`.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::payment::{Receipt, Refusal};
+use crate::domain::{GoodsKind, Money, PayMethod};
+
+/// Bumped when a message body changes incompatibly; consumers refuse versions they do not know.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A user asked to pay: published by the ingress to `pay.requests`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PayRequested {
+    /// Pay a whole order from one internal asset (balance, integral or money2).
+    Asset(AssetPayRequested),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssetPayRequested {
+    /// Unique per HTTP request; the payment row keeps it, so a redelivery is recognised.
+    pub request_id: Uuid,
+    pub user_id: i64,
+    pub order_no: String,
+    pub method: PayMethod,
+    /// The order amount the payer confirmed, in yuan.
+    pub amount: Money,
+    /// What leaves the account in the asset's unit (points for integral; yuan otherwise).
+    pub asset_amount: Money,
+    /// Balance pay: the pay password sealed by `PasswordHasher::seal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_password: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
+}
+
+/// The pay-worker's answer, sent to the request's `reply_to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum PayReplied {
+    Paid(Receipt),
+    Refused(Refusal),
+}
+
+/// An order was paid: written to the outbox in the paying transaction, relayed to
+/// `order.followup` (lottery draw, recharge credit, shipping fee).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPaid {
+    pub order_no: String,
+    pub user_id: i64,
+    pub goods_id: i64,
+    pub kind: GoodsKind,
+    pub num: i32,
+    pub amount: Money,
+    pub pay_no: String,
+    pub method: PayMethod,
+    #[serde(with = "time::serde::rfc3339")]
+    pub paid_at: OffsetDateTime,
+}

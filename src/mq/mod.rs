@@ -1,0 +1,74 @@
+//! RabbitMQ: the queue topology, confirmed publishing, the consumer framework every worker
+//! runs on, the ingress's request/reply client, and the message bodies. Only this module talks
+//! lapin.
+
+pub mod consumer;
+pub mod envelope;
+pub mod messages;
+pub mod publisher;
+pub mod rpc;
+pub mod topology;
+
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use lapin::{Connection, ConnectionProperties};
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BrokerSettings;
+
+/// What went wrong with the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum MqError {
+    /// The broker is unreachable, or the connection or channel dropped.
+    #[error("broker unavailable: {0}")]
+    Unavailable(#[from] lapin::Error),
+    /// The broker nacked the message or could not route it to a queue.
+    #[error("broker refused the message: {0}")]
+    Refused(String),
+    /// No publisher confirm arrived in time; the message may or may not be stored.
+    #[error("no publisher confirm within {0:?}")]
+    ConfirmTimeout(Duration),
+    /// The fleet has no broker session right now (reconnecting).
+    #[error("not connected to the broker")]
+    NotConnected,
+}
+
+/// One connection attempt.
+pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection, MqError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Ok(Connection::connect(settings.url.expose_secret(), properties).await?)
+}
+
+/// The delays between reconnection attempts: quick at first, then every few seconds.
+pub fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Connects, retrying with backoff until it succeeds or `stop` is cancelled.
+pub async fn connect_with_backoff(
+    settings: &BrokerSettings,
+    name: &str,
+    stop: &CancellationToken,
+) -> Option<Connection> {
+    let mut delays = reconnect_backoff();
+    loop {
+        match connect(settings, name).await {
+            Ok(conn) => return Some(conn),
+            Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = %e, retry_in = ?delay, "{name}: cannot reach the broker");
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Queue names and their arguments, declared idempotently by every binary at start and by
+//! `payctl topology`.
+//!
+//! Every work queue is a quorum queue with `x-delivery-limit` (a message that keeps crashing
+//! its consumer is dead-lettered instead of looping) and a `<queue>.dlq`. Delays are one TTL
+//! queue per tier that dead-letters back into the work queue (`pay.requests.retry.5s` →
+//! `pay.requests`); per-message TTLs in one shared queue would block behind the head. Nothing
+//! here needs a broker plugin.
+
+use lapin::Channel;
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+use super::MqError;
+use crate::config::BrokerSettings;
+
+/// Pay requests from the ingress; answered on `amq.rabbitmq.reply-to`.
+pub const PAY_REQUESTS: &str = "pay.requests";
+/// Verified, decrypted WeChat pay and refund notifies.
+pub const WECHAT_NOTIFY: &str = "wechat.notify";
+/// Order paid: lottery draw, infinite draw, recharge credit, shipping fee.
+pub const ORDER_FOLLOWUP: &str = "order.followup";
+/// OrderNotify callbacks to the business notify_url.
+pub const ORDER_NOTIFY: &str = "order.notify";
+/// Mini-program shipping information uploads.
+pub const SHIPPING_NOTICE: &str = "shipping.notice";
+/// Unpaid-order expiry checks.
+pub const PAY_TIMEOUT: &str = "pay.timeout";
+
+/// Every work queue of the fleet.
+pub const WORK_QUEUES: [&str; 6] =
+    [PAY_REQUESTS, WECHAT_NOTIFY, ORDER_FOLLOWUP, ORDER_NOTIFY, SHIPPING_NOTICE, PAY_TIMEOUT];
+
+/// RabbitMQ's direct reply-to pseudo-queue.
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// The queue names and arguments of one fleet.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    /// Prefixed to every name (`broker.namespace`).
+    namespace: String,
+    delivery_limit: u32,
+    /// Delay tiers, in attempt order, for transient failures.
+    retry_delays_ms: Vec<u64>,
+    /// The tiers of the outgoing notices (OrderNotify, shipping), WeChat's own schedule.
+    notice_retry_delays_ms: Vec<u64>,
+}
+
+impl Topology {
+    pub fn new(settings: &BrokerSettings) -> Topology {
+        Topology {
+            namespace: settings.namespace.clone(),
+            delivery_limit: settings.delivery_limit,
+            retry_delays_ms: settings.retry_delays_ms.clone(),
+            notice_retry_delays_ms: settings.notice_retry_delays_ms.clone(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The full name of a work queue.
+    pub fn queue(&self, base: &str) -> String {
+        format!("{}{base}", self.namespace)
+    }
+
+    /// Where a work queue's failures go.
+    pub fn dlq(&self, base: &str) -> String {
+        format!("{}{base}.dlq", self.namespace)
+    }
+
+    /// The retry schedule of a work queue.
+    fn schedule(&self, base: &str) -> &[u64] {
+        if base == ORDER_NOTIFY || base == SHIPPING_NOTICE {
+            &self.notice_retry_delays_ms
+        } else {
+            &self.retry_delays_ms
+        }
+    }
+
+    /// The delay before retry number `attempt` (1-based), or `None` once the tiers are used up.
+    pub fn retry_delay(&self, base: &str, attempt: u32) -> Option<u64> {
+        self.schedule(base).get(attempt.checked_sub(1)? as usize).copied()
+    }
+
+    /// The TTL queue that holds a message for `delay_ms` before returning it to `base`.
+    pub fn retry_queue(&self, base: &str, delay_ms: u64) -> String {
+        format!("{}{base}.retry.{}", self.namespace, delay_label(delay_ms))
+    }
+
+    /// One TTL queue per distinct delay of the queue's schedule.
+    fn retry_tiers(&self, base: &str) -> Vec<u64> {
+        let mut tiers = self.schedule(base).to_vec();
+        tiers.sort_unstable();
+        tiers.dedup();
+        tiers
+    }
+
+    /// Every queue name of this fleet, DLQs and delay tiers included.
+    pub fn all_queues(&self) -> Vec<String> {
+        WORK_QUEUES
+            .iter()
+            .flat_map(|base| {
+                let mut names = vec![self.queue(base), self.dlq(base)];
+                names.extend(self.retry_tiers(base).into_iter().map(|d| self.retry_queue(base, d)));
+                names
+            })
+            .collect()
+    }
+
+    /// Declares every queue. Safe to repeat; fails if a queue exists with other arguments.
+    pub async fn declare(&self, channel: &Channel) -> Result<(), MqError> {
+        for base in WORK_QUEUES {
+            let dlq = self.dlq(base);
+            declare(channel, &dlq, quorum()).await?;
+            let mut work = quorum();
+            work.insert("x-delivery-limit".into(), AMQPValue::LongInt(self.delivery_limit as i32));
+            dead_letter_to(&mut work, &dlq);
+            declare(channel, &self.queue(base), work).await?;
+            for delay in self.retry_tiers(base) {
+                let mut tier = quorum();
+                tier.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay as i64));
+                dead_letter_to(&mut tier, &self.queue(base));
+                declare(channel, &self.retry_queue(base, delay), tier).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every queue of this fleet, messages included (tests, bench).
+    pub async fn delete(&self, channel: &Channel) -> Result<(), MqError> {
+        for name in self.all_queues() {
+            channel.queue_delete(ShortString::from(name), QueueDeleteOptions::default()).await?;
+        }
+        Ok(())
+    }
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+    args
+}
+
+/// Dead-letters to `target` through the default exchange, at-least-once: the broker keeps the
+/// message until the target queue has confirmed it (which needs `reject-publish` overflow).
+fn dead_letter_to(args: &mut FieldTable, target: &str) {
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(LongString::from("")));
+    args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(LongString::from(target)));
+    args.insert("x-dead-letter-strategy".into(), AMQPValue::LongString(LongString::from("at-least-once")));
+    args.insert("x-overflow".into(), AMQPValue::LongString(LongString::from("reject-publish")));
+}
+
+async fn declare(channel: &Channel, name: &str, args: FieldTable) -> Result<(), MqError> {
+    let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    channel.queue_declare(ShortString::from(name), options, args).await?;
+    Ok(())
+}
+
+/// `15s`, `3m`, `1h`, or `750ms`: readable queue names.
+fn delay_label(ms: u64) -> String {
+    match ms {
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_namespace_and_a_readable_delay() {
+        let settings = crate::config::Settings::load_from(
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config")),
+            None,
+            Some([("PAYFLEET__BROKER__NAMESPACE".to_owned(), "t1.".to_owned())].into()),
+        )
+        .unwrap();
+        let t = Topology::new(&settings.broker);
+        assert_eq!(t.queue(PAY_REQUESTS), "t1.pay.requests");
+        assert_eq!(t.dlq(PAY_REQUESTS), "t1.pay.requests.dlq");
+        assert_eq!(t.retry_queue(PAY_REQUESTS, 5000), "t1.pay.requests.retry.5s");
+        assert_eq!(t.retry_delay(PAY_REQUESTS, 1), Some(1000));
+        assert_eq!(t.retry_delay(PAY_REQUESTS, 4), Some(120_000));
+        assert_eq!(t.retry_delay(PAY_REQUESTS, 5), None);
+        assert_eq!(t.retry_delay(ORDER_NOTIFY, 1), Some(15_000));
+        assert_eq!(t.retry_delay(ORDER_NOTIFY, 15), Some(21_600_000));
+        assert_eq!(t.retry_delay(ORDER_NOTIFY, 16), None);
+        assert!(t.all_queues().contains(&"t1.order.notify.retry.6h".to_owned()));
+        assert_eq!(delay_label(180_000), "3m");
+        assert_eq!(delay_label(750), "750ms");
+        assert_eq!(delay_label(7_200_000), "2h");
+    }
+}

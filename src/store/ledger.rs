@@ -1,0 +1,74 @@
+//! Reading the asset ledger back: a user's entries, and the consistency checks the demo and the
+//! benchmark run over it.
+
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+
+/// One ledger row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Entry {
+    pub asset: String,
+    pub change: Decimal,
+    pub balance_after: Decimal,
+    pub order_no: Option<String>,
+    pub pay_no: Option<String>,
+}
+
+pub async fn entries(pool: &PgPool, user_id: i64) -> Result<Vec<Entry>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT asset, change, balance_after, order_no, pay_no FROM asset_ledger WHERE user_id = $1 ORDER BY id",
+    )
+    .bind(user_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// What the ledger and the accounts say about each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audit {
+    /// Ledger rows whose balance_after is not the previous row's plus the change.
+    pub broken_chains: i64,
+    /// (user, asset) pairs whose last balance_after is not the account's balance.
+    pub mismatched_accounts: i64,
+    /// Successful payments without their profit_pay row, or profit_pay rows without a payment.
+    pub unrecorded_payments: i64,
+    /// Paid orders without exactly one successful payment.
+    pub orders_without_payment: i64,
+}
+
+impl Audit {
+    pub fn is_clean(&self) -> bool {
+        *self == Audit { broken_chains: 0, mismatched_accounts: 0, unrecorded_payments: 0, orders_without_payment: 0 }
+    }
+}
+
+/// Checks the whole database: every ledger chain, every account against its last ledger row,
+/// every payment against profit_pay, every paid order against its payment.
+pub async fn audit(pool: &PgPool) -> Result<Audit, sqlx::Error> {
+    let (broken_chains, mismatched_accounts, unrecorded_payments, orders_without_payment) = sqlx::query_as(
+        "WITH chain AS (
+             SELECT balance_after, change,
+                    lag(balance_after) OVER (PARTITION BY user_id, asset ORDER BY id) AS before
+             FROM asset_ledger
+         ), last AS (
+             SELECT DISTINCT ON (user_id, asset) user_id, asset, balance_after
+             FROM asset_ledger ORDER BY user_id, asset, id DESC
+         )
+         SELECT
+           (SELECT count(*) FROM chain WHERE before IS NOT NULL AND before + change <> balance_after),
+           (SELECT count(*) FROM last JOIN users u ON u.id = last.user_id
+             WHERE last.balance_after <> CASE last.asset WHEN 'money' THEN u.money
+                                                         WHEN 'integral' THEN u.integral
+                                                         ELSE u.money2 END),
+           (SELECT count(*) FROM payments p FULL JOIN profit_pay pp ON pp.pay_no = p.pay_no
+             WHERE (p.status = 'SUCCESS' OR p.pay_no IS NULL)
+               AND (pp.pay_no IS NULL OR p.pay_no IS NULL OR pp.order_no <> p.order_no
+                    OR pp.change_money <> -p.amount OR pp.pay_type <> CASE p.method WHEN 'wechat' THEN 1
+                        WHEN 'balance' THEN 2 WHEN 'integral' THEN 3 ELSE 4 END)),
+           (SELECT count(*) FROM orders o WHERE o.status = 'PAID'
+             AND (SELECT count(*) FROM payments p WHERE p.order_no = o.order_no AND p.status = 'SUCCESS') <> 1)",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Audit { broken_chains, mismatched_accounts, unrecorded_payments, orders_without_payment })
+}

@@ -1,0 +1,121 @@
+//! PostgreSQL: the pool, the migrations, and every SQL statement of the fleet, one file per
+//! table group. Only this module writes SQL.
+
+pub mod goods;
+pub mod ledger;
+pub mod orders;
+pub mod outbox;
+pub mod payments;
+pub mod users;
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+use crate::config::DatabaseSettings;
+
+/// The migrations in `migrations/`, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Whether a database error means "the database is not reachable now" (wait and try again)
+/// rather than "this statement failed" (a bug or a conflict).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 08* connection
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    }
+}
+
+/// Whether a database error is a transient conflict worth retrying as it is: a deadlock, a
+/// serialization failure, or a lock wait that timed out.
+pub fn is_conflict(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01" | "55P03")))
+}
+
+fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, sqlx::Error> {
+    let options: PgConnectOptions = settings.url.expose_secret().parse()?;
+    Ok(options.log_statements(tracing::log::LevelFilter::Trace))
+}
+
+/// A pool that connects lazily: a binary starts while PostgreSQL is down and reports
+/// not-ready until it answers.
+pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .connect_lazy_with(connect_options(settings)?))
+}
+
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(drop)
+}
+
+/// Creates the configured database if it does not exist (payctl migrate, demo, tests).
+pub async fn ensure_database(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
+    let options = connect_options(settings)?;
+    let name = options.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = sqlx::PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await?;
+    if !exists {
+        let created =
+            sqlx::query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""))).execute(&mut admin).await;
+        // Two callers racing to create it is fine: the loser sees 42P04 duplicate_database.
+        if let Err(sqlx::Error::Database(db)) = &created {
+            if db.code().as_deref() != Some("42P04") && db.code().as_deref() != Some("23505") {
+                created?;
+            }
+        } else {
+            created?;
+        }
+    }
+    admin.close().await
+}
+
+/// Drops a database (test and bench clean-up), disconnecting its sessions.
+pub async fn drop_database(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
+    let options = connect_options(settings)?;
+    let name = options.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = sqlx::PgConnection::connect_with(&options.database("postgres")).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", name.replace('"', "\"\"")))
+        .execute(&mut admin)
+        .await?;
+    admin.close().await
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}
+
+/// Waits until the database answers and has every migration this binary knows, logging what
+/// it waits for. False if `stop` came first.
+pub async fn wait_for_schema(pool: &PgPool, stop: &tokio_util::sync::CancellationToken) -> bool {
+    let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let mut delays = crate::mq::reconnect_backoff();
+    loop {
+        let applied: Result<Option<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await;
+        let problem = match applied {
+            Ok(Some(v)) if v >= latest => return true,
+            Ok(v) => format!("the database schema is at {v:?}, this binary needs {latest}: run `payctl migrate`"),
+            // 42P01: no migrations table yet
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => {
+                "the database has no schema: run `payctl migrate`".to_owned()
+            }
+            Err(e) => format!("cannot reach the database: {e}"),
+        };
+        let delay = delays.next().unwrap_or(std::time::Duration::from_secs(5));
+        tracing::warn!(retry_in = ?delay, "{problem}");
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! Applying internal-asset payments (balance, integral, money2), a batch at a time.
+//!
+//! One transaction per batch, five round trips however many payments it holds:
+//! 1. lock the batch's orders (sorted, so two batches never deadlock on them), drawing a pay
+//!    number for each from `pay_no_seq`;
+//! 2. decide in Rust which requests are refused (unknown order, someone else's, paid, closed,
+//!    wrong amount);
+//! 3. lock the paying users (sorted by id) and walk the batch in order against their locked
+//!    balances, refusing NOTENOUGH where a payment does not fit: the running balance also gives
+//!    every ledger row its exact balance-after;
+//! 4. one statement writes everything: a conditional `UPDATE users … FROM` grouped by account
+//!    (`money >= delta`, so even a wrong decision cannot overdraw; the CHECK constraints stand
+//!    behind it), and `INSERT … SELECT FROM unnest(…)` into payments, asset_ledger, profit_pay
+//!    and the outbox, with `UPDATE orders … FROM`;
+//! 5. commit.
+//!
+//! Two requests for one order in one batch go in separate rounds, so the second sees the first's
+//! result. A failing batch is the caller's to retry one message at a time.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rust_decimal::Decimal;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::domain::payment::{Receipt, Refusal};
+use crate::domain::{Asset, Code, GoodsKind, Money, OrderStatus, PayMethod};
+use crate::mq::messages::OrderPaid;
+use crate::mq::topology;
+
+/// One payment to apply.
+#[derive(Debug, Clone)]
+pub struct AssetPayment {
+    pub request_id: Uuid,
+    pub user_id: i64,
+    pub order_no: String,
+    pub method: PayMethod,
+    /// The part of the order this pays, in yuan; must equal the order amount.
+    pub amount: Money,
+    /// What leaves the account, in the asset's unit.
+    pub asset_amount: Money,
+    /// Balance pay: the hash the pay password was verified against. The payment goes ahead only
+    /// if it is still the user's hash once the user row is locked.
+    pub verified_hash: Option<String>,
+}
+
+/// What became of one payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Paid(Receipt),
+    Refused(Refusal),
+    /// The pay password changed between its verification and the transaction: verify again.
+    Stale,
+}
+
+/// Applies a batch; the answer is in the batch's order.
+pub async fn apply(pool: &PgPool, batch: &[AssetPayment]) -> Result<Vec<Applied>, sqlx::Error> {
+    let mut results: Vec<Option<Applied>> = vec![None; batch.len()];
+    let mut pending: Vec<usize> = (0..batch.len()).collect();
+    while !pending.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        let (round, later): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&i| seen.insert(&batch[i].order_no));
+        let items: Vec<&AssetPayment> = round.iter().map(|&i| &batch[i]).collect();
+        for (i, applied) in round.iter().zip(apply_round(pool, &items).await?) {
+            results[*i] = Some(applied);
+        }
+        pending = later;
+    }
+    Ok(results.into_iter().map(|r| r.expect("every request is decided in some round")).collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct LockedOrder {
+    order_no: String,
+    user_id: i64,
+    goods_id: i64,
+    kind: String,
+    num: i32,
+    amount: Decimal,
+    status: String,
+    pay_no: Option<String>,
+    expired: bool,
+    paid_by: Option<Uuid>,
+    seq: i64,
+    now: OffsetDateTime,
+}
+
+#[derive(sqlx::FromRow)]
+struct LockedUser {
+    id: i64,
+    money: Decimal,
+    integral: Decimal,
+    money2: Decimal,
+    pay_password_hash: Option<String>,
+}
+
+/// What step 2 makes of a request.
+enum Decision {
+    Done(Applied),
+    /// This request already paid the order (a redelivery): answer its receipt again.
+    Replay,
+    /// Passes the order checks; the balance decides.
+    Candidate,
+}
+
+/// A payment that fits, with everything the write statement needs.
+struct Settled<'a> {
+    payment: &'a AssetPayment,
+    asset: Asset,
+    pay_no: String,
+    balance_after: Money,
+    order: &'a LockedOrder,
+}
+
+/// Applies requests for distinct orders in one transaction.
+async fn apply_round(pool: &PgPool, items: &[&AssetPayment]) -> Result<Vec<Applied>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+
+    let order_nos: Vec<&str> = items.iter().map(|p| p.order_no.as_str()).collect();
+    let orders: Vec<LockedOrder> = sqlx::query_as(
+        "SELECT o.order_no, o.user_id, o.goods_id, o.kind, o.num, o.amount, o.status, o.pay_no,
+                o.expires_at <= now() AS expired, p.request_id AS paid_by,
+                nextval('pay_no_seq') AS seq, now() AS now
+         FROM orders o LEFT JOIN payments p ON p.pay_no = o.pay_no
+         WHERE o.order_no = ANY($1)
+         ORDER BY o.order_no
+         FOR UPDATE OF o",
+    )
+    .bind(&order_nos)
+    .fetch_all(&mut *tx)
+    .await?;
+    let by_no: HashMap<&str, &LockedOrder> = orders.iter().map(|o| (o.order_no.as_str(), o)).collect();
+
+    let decisions: Vec<Decision> = items.iter().map(|p| decide(p, by_no.get(p.order_no.as_str()).copied())).collect();
+
+    // Step 3: the paying users, locked in id order, walked in batch order.
+    let mut user_ids: Vec<i64> =
+        decisions.iter().zip(items).filter(|(d, _)| matches!(d, Decision::Candidate)).map(|(_, p)| p.user_id).collect();
+    user_ids.sort_unstable();
+    user_ids.dedup();
+    let users: Vec<LockedUser> = if user_ids.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT id, money, integral, money2, pay_password_hash FROM users
+             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&user_ids)
+        .fetch_all(&mut *tx)
+        .await?
+    };
+    let mut balances: HashMap<i64, BTreeMap<Asset, Money>> = users
+        .iter()
+        .map(|u| {
+            let m = |d: Decimal| Money::from_decimal(d).expect("NUMERIC(12,2) >= 0 is a Money");
+            (
+                u.id,
+                BTreeMap::from([
+                    (Asset::Money, m(u.money)),
+                    (Asset::Integral, m(u.integral)),
+                    (Asset::Money2, m(u.money2)),
+                ]),
+            )
+        })
+        .collect();
+    let hashes: HashMap<i64, Option<&str>> = users.iter().map(|u| (u.id, u.pay_password_hash.as_deref())).collect();
+
+    let mut outcomes: Vec<Option<Applied>> = Vec::with_capacity(items.len());
+    let mut settled: Vec<(usize, Settled)> = Vec::new();
+    let mut replays: Vec<(usize, Uuid)> = Vec::new();
+    for (i, (decision, payment)) in decisions.into_iter().zip(items).enumerate() {
+        outcomes.push(None);
+        match decision {
+            Decision::Done(applied) => outcomes[i] = Some(applied),
+            Decision::Replay => replays.push((i, payment.request_id)),
+            Decision::Candidate => {
+                let order = by_no[payment.order_no.as_str()];
+                let asset = payment.method.asset().expect("asset payments only");
+                if payment.method == PayMethod::Balance
+                    && hashes.get(&payment.user_id).copied().flatten() != payment.verified_hash.as_deref()
+                {
+                    outcomes[i] = Some(Applied::Stale);
+                    continue;
+                }
+                let balance = balances.get_mut(&payment.user_id).and_then(|b| b.get_mut(&asset));
+                let Some(balance) = balance else {
+                    outcomes[i] = Some(Applied::Refused(Refusal::new(Code::NotFound, "order not found")));
+                    continue;
+                };
+                match balance.checked_sub(payment.asset_amount) {
+                    Some(after) => {
+                        *balance = after;
+                        let pay_no = pay_no(payment.method, order.now, order.seq);
+                        settled.push((i, Settled { payment, asset, pay_no, balance_after: after, order }));
+                    }
+                    None => {
+                        outcomes[i] = Some(Applied::Refused(Refusal::new(
+                            Code::NotEnough,
+                            format!(
+                                "not enough {}: {} left, {} needed",
+                                asset_name(asset),
+                                balance,
+                                payment.asset_amount
+                            ),
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    if !settled.is_empty() {
+        write_settled(&mut tx, &settled).await?;
+    }
+    let replayed = if replays.is_empty() {
+        HashMap::new()
+    } else {
+        receipts_by_request(&mut tx, &replays.iter().map(|(_, id)| *id).collect::<Vec<_>>()).await?
+    };
+    tx.commit().await?;
+
+    for (i, s) in settled {
+        outcomes[i] = Some(Applied::Paid(Receipt {
+            pay_no: s.pay_no,
+            method: s.payment.method,
+            pay_time: s.order.now,
+            remaining: s.balance_after,
+        }));
+    }
+    for (i, request_id) in replays {
+        outcomes[i] = Some(match replayed.get(&request_id) {
+            Some(receipt) => Applied::Paid(receipt.clone()),
+            // The order names this request as its payer, so its receipt exists.
+            None => Applied::Refused(Refusal::new(Code::OrderPaid, "order already paid")),
+        });
+    }
+    Ok(outcomes.into_iter().map(|o| o.expect("every request decided")).collect())
+}
+
+/// The order checks of one request, given its locked order (if any).
+fn decide(payment: &AssetPayment, order: Option<&LockedOrder>) -> Decision {
+    let refuse = |code, message: &str| Decision::Done(Applied::Refused(Refusal::new(code, message)));
+    let Some(order) = order.filter(|o| o.user_id == payment.user_id) else {
+        return refuse(Code::NotFound, "order not found");
+    };
+    match OrderStatus::parse(&order.status) {
+        Some(OrderStatus::Paid) if order.paid_by == Some(payment.request_id) => Decision::Replay,
+        Some(OrderStatus::Paid) => Decision::Done(Applied::Refused(Refusal {
+            pay_no: order.pay_no.clone(),
+            ..Refusal::new(Code::OrderPaid, "order already paid")
+        })),
+        Some(OrderStatus::Closed) => refuse(Code::OrderClosed, "order is closed"),
+        _ if order.expired => refuse(Code::OrderClosed, "order's pay time has run out; place a new order"),
+        _ if order.amount != payment.amount.as_decimal() => refuse(
+            Code::AmountMismatch,
+            &format!(
+                "amount {} is not the order amount {}",
+                payment.amount,
+                Money::from_decimal(order.amount).unwrap_or_default()
+            ),
+        ),
+        _ => Decision::Candidate,
+    }
+}
+
+/// `BAL` + UTC date and time + the sequence number: unique, and sortable by time.
+fn pay_no(method: PayMethod, now: OffsetDateTime, seq: i64) -> String {
+    let now = now.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{}{:04}{:02}{:02}{:02}{:02}{:02}{:010}",
+        method.pay_no_prefix(),
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        seq
+    )
+}
+
+fn asset_name(asset: Asset) -> &'static str {
+    match asset {
+        Asset::Money => "balance",
+        Asset::Integral => "integral",
+        Asset::Money2 => "money2",
+    }
+}
+
+/// Step 4: the single statement that moves the money and records it everywhere.
+async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'_>)]) -> Result<(), sqlx::Error> {
+    // Deltas grouped by account: one conditional UPDATE row per user.
+    let mut deltas: BTreeMap<i64, [Decimal; 3]> = BTreeMap::new();
+    for (_, s) in settled {
+        let slot = match s.asset {
+            Asset::Money => 0,
+            Asset::Integral => 1,
+            Asset::Money2 => 2,
+        };
+        deltas.entry(s.payment.user_id).or_default()[slot] += s.payment.asset_amount.as_decimal();
+    }
+    let d_ids: Vec<i64> = deltas.keys().copied().collect();
+    let column = |slot: usize| deltas.values().map(|d| d[slot]).collect::<Vec<Decimal>>();
+
+    let n = settled.len();
+    let mut pay_nos = Vec::with_capacity(n);
+    let mut request_ids = Vec::with_capacity(n);
+    let mut user_ids = Vec::with_capacity(n);
+    let mut order_nos = Vec::with_capacity(n);
+    let mut methods = Vec::with_capacity(n);
+    let mut amounts = Vec::with_capacity(n);
+    let mut asset_amounts = Vec::with_capacity(n);
+    let mut assets = Vec::with_capacity(n);
+    let mut balances_after = Vec::with_capacity(n);
+    let mut pay_types = Vec::with_capacity(n);
+    let mut contents = Vec::with_capacity(n);
+    let mut message_ids = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    for (_, s) in settled {
+        let p = s.payment;
+        let event = OrderPaid {
+            order_no: p.order_no.clone(),
+            user_id: p.user_id,
+            goods_id: s.order.goods_id,
+            kind: GoodsKind::parse(&s.order.kind).expect("orders.kind comes from goods.kind"),
+            num: s.order.num,
+            amount: p.amount,
+            pay_no: s.pay_no.clone(),
+            method: p.method,
+            paid_at: s.order.now,
+        };
+        pay_nos.push(s.pay_no.as_str());
+        request_ids.push(p.request_id);
+        user_ids.push(p.user_id);
+        order_nos.push(p.order_no.as_str());
+        methods.push(p.method.as_str());
+        amounts.push(p.amount.as_decimal());
+        asset_amounts.push(p.asset_amount.as_decimal());
+        assets.push(s.asset.as_str());
+        balances_after.push(s.balance_after.as_decimal());
+        pay_types.push(p.method.pay_type());
+        contents.push(p.method.content());
+        message_ids.push(Uuid::now_v7());
+        payloads.push(serde_json::to_string(&event).expect("OrderPaid serialises"));
+    }
+
+    let (users_updated, payments_inserted, orders_updated): (i64, i64, i64) = sqlx::query_as(
+        "WITH d AS (
+             SELECT * FROM unnest($1::bigint[], $2::numeric[], $3::numeric[], $4::numeric[]) AS d(id, money, integral, money2)
+         ), u AS (
+             UPDATE users SET money = users.money - d.money,
+                              integral = users.integral - d.integral,
+                              money2 = users.money2 - d.money2
+             FROM d
+             WHERE users.id = d.id AND users.money >= d.money AND users.integral >= d.integral AND users.money2 >= d.money2
+             RETURNING users.id
+         ), i AS (
+             SELECT * FROM unnest($5::text[], $6::uuid[], $7::bigint[], $8::text[], $9::text[], $10::numeric[],
+                                  $11::numeric[], $12::text[], $13::numeric[], $14::smallint[], $15::text[],
+                                  $16::uuid[], $17::text[])
+               AS i(pay_no, request_id, user_id, order_no, method, amount, asset_amount, asset, balance_after,
+                    pay_type, content, message_id, payload)
+         ), p AS (
+             INSERT INTO payments (pay_no, order_no, user_id, method, amount, asset_amount, status, request_id, paid_at)
+             SELECT pay_no, order_no, user_id, method, amount, asset_amount, 'SUCCESS', request_id, now() FROM i
+             RETURNING 1
+         ), l AS (
+             INSERT INTO asset_ledger (user_id, asset, change, balance_after, reason, order_no, pay_no)
+             SELECT user_id, asset, -asset_amount, balance_after, 'pay', order_no, pay_no FROM i
+         ), pp AS (
+             INSERT INTO profit_pay (user_id, order_no, pay_no, change_money, content, pay_type, add_time)
+             SELECT user_id, order_no, pay_no, -amount, content, pay_type, now() FROM i
+         ), o AS (
+             UPDATE orders SET status = 'PAID', pay_type = i.method, pay_no = i.pay_no, paid_at = now()
+             FROM i WHERE orders.order_no = i.order_no AND orders.status = 'UNPAID'
+             RETURNING 1
+         ), ob AS (
+             INSERT INTO outbox (message_id, queue, kind, payload)
+             SELECT message_id, $18, 'order_paid', payload::jsonb FROM i
+         )
+         SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM p), (SELECT count(*) FROM o)",
+    )
+    .bind(&d_ids)
+    .bind(column(0))
+    .bind(column(1))
+    .bind(column(2))
+    .bind(&pay_nos)
+    .bind(&request_ids)
+    .bind(&user_ids)
+    .bind(&order_nos)
+    .bind(&methods)
+    .bind(&amounts)
+    .bind(&asset_amounts)
+    .bind(&assets)
+    .bind(&balances_after)
+    .bind(&pay_types)
+    .bind(&contents)
+    .bind(&message_ids)
+    .bind(&payloads)
+    .bind(topology::ORDER_FOLLOWUP)
+    .fetch_one(&mut *tx)
+    .await?;
+
+    // The rows were locked and checked above, so these hold; if they ever do not, roll back
+    // rather than commit a half-applied batch.
+    if users_updated as usize != d_ids.len() || payments_inserted as usize != n || orders_updated as usize != n {
+        return Err(sqlx::Error::Protocol(format!(
+            "batch write mismatch: {users_updated}/{} users, {payments_inserted}/{n} payments, {orders_updated}/{n} orders",
+            d_ids.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The receipts of payments made by these requests (for answering a redelivered request).
+async fn receipts_by_request(
+    tx: &mut sqlx::PgConnection,
+    request_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Receipt>, sqlx::Error> {
+    let rows: Vec<(Uuid, String, String, OffsetDateTime, Decimal)> = sqlx::query_as(
+        "SELECT p.request_id, p.pay_no, p.method, p.paid_at, l.balance_after
+         FROM payments p JOIN asset_ledger l ON l.pay_no = p.pay_no
+         WHERE p.request_id = ANY($1) AND p.status = 'SUCCESS'",
+    )
+    .bind(request_ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(request_id, pay_no, method, paid_at, balance_after)| {
+            Some((
+                request_id,
+                Receipt {
+                    pay_no,
+                    method: PayMethod::parse(&method)?,
+                    pay_time: paid_at,
+                    remaining: Money::from_decimal(balance_after).ok()?,
+                },
+            ))
+        })
+        .collect())
+}
+
+/// How many payments of a method succeeded (benchmark and tests).
+pub async fn count_successful(pool: &PgPool, method: PayMethod) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM payments WHERE method = $1 AND status = 'SUCCESS'")
+        .bind(method.as_str())
+        .fetch_one(pool)
+        .await
+}

@@ -1,0 +1,17 @@
+//! Logging set-up shared by every binary: a tracing subscriber on stderr, text or JSON.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, LogSettings};
+
+/// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.filter`.
+pub fn init(settings: &LogSettings) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    // A second init (tests start several components in one process) keeps the first subscriber.
+    let _ = match settings.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.with_target(false).try_init(),
+    };
+}

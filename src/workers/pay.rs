@@ -1,0 +1,329 @@
+//! The pay-worker: consumes `pay.requests`, settles each payment in the database, and replies
+//! to the waiting ingress.
+//!
+//! A batch goes through two phases:
+//! 1. balance payments verify their pay passwords (lock after `pay.password_max_attempts`
+//!    wrong tries, counted in Redis), all of the batch's bcrypt work side by side on the
+//!    blocking pool;
+//! 2. every payment still standing is applied by `store::payments::apply` in one transaction.
+//!    If that transaction fails, each message is applied alone, so one bad message fails alone.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{Cache, CacheError};
+use crate::config::{PaySettings, Settings};
+use crate::domain::payment::Refusal;
+use crate::domain::{Code, PayMethod};
+use crate::ingress::health::{self, Probe};
+use crate::mq::consumer::{self, BrokerHealth, ConsumerSettings, HandleError, Handler, Incoming, Outcome};
+use crate::mq::messages::{AssetPayRequested, PayReplied, PayRequested};
+use crate::mq::topology::{PAY_REQUESTS, Topology};
+use crate::password::PasswordHasher;
+use crate::store::payments::{Applied, AssetPayment};
+use crate::store::{self, is_conflict, is_unavailable};
+
+/// Settles pay requests.
+pub struct PayHandler {
+    db: PgPool,
+    cache: Cache,
+    passwords: PasswordHasher,
+    pay: PaySettings,
+}
+
+type Verdict = Result<Outcome, HandleError>;
+
+impl PayHandler {
+    pub fn new(db: PgPool, cache: Cache, passwords: PasswordHasher, pay: PaySettings) -> PayHandler {
+        PayHandler { db, cache, passwords, pay }
+    }
+
+    /// Phase 1 for the batch's balance payments: `Ok(hash)` for a verified password, or the
+    /// verdict for a refused one.
+    async fn check_passwords(
+        &self,
+        requests: &[(usize, &AssetPayRequested)],
+    ) -> HashMap<usize, Result<String, Verdict>> {
+        let mut out = HashMap::new();
+        if requests.is_empty() {
+            return out;
+        }
+        let mut user_ids: Vec<i64> = requests.iter().map(|(_, r)| r.user_id).collect();
+        user_ids.sort_unstable();
+        user_ids.dedup();
+        let hashes = match store::users::pay_password_hashes(&self.db, &user_ids).await {
+            Ok(rows) => rows.into_iter().collect::<HashMap<i64, String>>(),
+            Err(e) => return requests.iter().map(|(i, _)| (*i, Err(Err(db_error(&e))))).collect(),
+        };
+        let attempts = match self.cache.password_attempts(&user_ids).await {
+            Ok(counts) => user_ids.iter().copied().zip(counts).collect::<HashMap<i64, u32>>(),
+            Err(e) => return requests.iter().map(|(i, _)| (*i, Err(Err(cache_error(&e))))).collect(),
+        };
+        let max = self.pay.password_max_attempts;
+
+        let mut to_verify = Vec::new();
+        for (i, request) in requests {
+            let refuse = |code, message: String| Err(refused(Refusal::new(code, message)));
+            let Some(hash) = hashes.get(&request.user_id) else {
+                out.insert(*i, refuse(Code::PasswordNotSet, "set a pay password before paying with balance".into()));
+                continue;
+            };
+            if attempts.get(&request.user_id).copied().unwrap_or(0) >= max {
+                out.insert(*i, refuse(Code::PasswordLocked, self.locked_message()));
+                continue;
+            }
+            let password = match request.sealed_password.as_deref().map(|s| self.passwords.open(s)) {
+                Some(Ok(password)) => password,
+                Some(Err(e)) => {
+                    out.insert(*i, Err(Err(HandleError::Permanent(e.to_string()))));
+                    continue;
+                }
+                None => {
+                    out.insert(
+                        *i,
+                        Err(Err(HandleError::Permanent("balance pay request without a pay password".into()))),
+                    );
+                    continue;
+                }
+            };
+            to_verify.push((*i, *request, hash.clone(), password));
+        }
+
+        // bcrypt runs on the blocking pool; the batch's checks run side by side.
+        let checks = futures_util::future::join_all(
+            to_verify.iter().map(|(_, _, hash, password)| self.passwords.verify(password, hash)),
+        )
+        .await;
+        for ((i, request, hash, _), check) in to_verify.into_iter().zip(checks) {
+            let verdict = match check {
+                Ok(true) => Ok(hash),
+                Ok(false) => Err(self.wrong_password(request.user_id).await),
+                Err(e) => {
+                    tracing::error!(error = %e, user_id = request.user_id, "stored pay password hash cannot be checked");
+                    Err(refused(Refusal::new(
+                        Code::SystemError,
+                        "your pay password cannot be checked; contact support",
+                    )))
+                }
+            };
+            out.insert(i, verdict);
+        }
+        out
+    }
+
+    /// Counts a wrong try and answers PASSWORD_WRONG with the tries left, or PASSWORD_LOCKED.
+    async fn wrong_password(&self, user_id: i64) -> Verdict {
+        let count = match self.cache.record_wrong_password(user_id, self.pay.password_lock()).await {
+            Ok(count) => count,
+            Err(e) => return Err(cache_error(&e)),
+        };
+        let max = self.pay.password_max_attempts;
+        tracing::info!(user_id, wrong_tries = count, "wrong pay password");
+        if count >= max {
+            refused(Refusal::new(Code::PasswordLocked, self.locked_message()))
+        } else {
+            let left = max - count;
+            refused(Refusal {
+                tries_left: Some(left),
+                ..Refusal::new(
+                    Code::PasswordWrong,
+                    format!("wrong pay password; {left} tries left before balance pay locks"),
+                )
+            })
+        }
+    }
+
+    fn locked_message(&self) -> String {
+        format!(
+            "too many wrong pay passwords; balance pay is locked for up to {} minutes (reset the pay password to unlock)",
+            self.pay.password_lock_secs.div_ceil(60)
+        )
+    }
+
+    /// Phase 2: one transaction for the batch, or one per message if that fails.
+    async fn apply(&self, payments: &[AssetPayment]) -> Vec<Result<Applied, HandleError>> {
+        match store::payments::apply(&self.db, payments).await {
+            Ok(applied) => applied.into_iter().map(Ok).collect(),
+            Err(e) if is_unavailable(&e) => payments.iter().map(|_| Err(db_error(&e))).collect(),
+            Err(e) if payments.len() == 1 => vec![Err(db_error(&e))],
+            Err(e) => {
+                tracing::warn!(error = %e, batch = payments.len(), "batch failed, applying its payments one by one");
+                let mut out = Vec::with_capacity(payments.len());
+                for payment in payments {
+                    out.push(match store::payments::apply(&self.db, std::slice::from_ref(payment)).await {
+                        Ok(mut applied) => Ok(applied.remove(0)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, order_no = %payment.order_no, request_id = %payment.request_id, "payment failed");
+                            Err(db_error(&e))
+                        }
+                    });
+                }
+                out
+            }
+        }
+    }
+}
+
+impl Handler for PayHandler {
+    type Message = PayRequested;
+
+    async fn handle(&self, batch: &[Incoming<PayRequested>]) -> Vec<Verdict> {
+        let requests: Vec<&AssetPayRequested> = batch
+            .iter()
+            .map(|incoming| match &incoming.message {
+                PayRequested::Asset(request) => request,
+            })
+            .collect();
+        let mut verdicts: Vec<Option<Verdict>> = requests.iter().map(|r| check_shape(r).err()).collect();
+
+        let balance: Vec<(usize, &AssetPayRequested)> = requests
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| verdicts[*i].is_none() && r.method == PayMethod::Balance)
+            .map(|(i, r)| (i, *r))
+            .collect();
+        let mut verified = HashMap::new();
+        for (i, check) in self.check_passwords(&balance).await {
+            match check {
+                Ok(hash) => {
+                    verified.insert(i, hash);
+                }
+                Err(verdict) => verdicts[i] = Some(verdict),
+            }
+        }
+
+        let standing: Vec<usize> = (0..requests.len()).filter(|i| verdicts[*i].is_none()).collect();
+        let payments: Vec<AssetPayment> = standing
+            .iter()
+            .map(|&i| {
+                let r = requests[i];
+                AssetPayment {
+                    request_id: r.request_id,
+                    user_id: r.user_id,
+                    order_no: r.order_no.clone(),
+                    method: r.method,
+                    amount: r.amount,
+                    asset_amount: r.asset_amount,
+                    verified_hash: verified.remove(&i),
+                }
+            })
+            .collect();
+        let mut unlocked = HashSet::new();
+        for (&i, applied) in standing.iter().zip(self.apply(&payments).await) {
+            let r = requests[i];
+            verdicts[i] = Some(match applied {
+                Ok(Applied::Paid(receipt)) => {
+                    tracing::info!(request_id = %r.request_id, order_no = %r.order_no, user_id = r.user_id, method = r.method.as_str(),
+                        amount = %r.amount, pay_no = %receipt.pay_no, remaining = %receipt.remaining, "paid");
+                    if r.method == PayMethod::Balance {
+                        unlocked.insert(r.user_id);
+                    }
+                    reply(&PayReplied::Paid(receipt))
+                }
+                Ok(Applied::Refused(refusal)) => refused(refusal),
+                Ok(Applied::Stale) => Err(HandleError::Retryable("pay password changed while paying".into())),
+                Err(e) => Err(e),
+            });
+        }
+        // A right password forgives earlier wrong tries.
+        if !unlocked.is_empty() {
+            let users: Vec<i64> = unlocked.into_iter().collect();
+            if let Err(e) = self.cache.clear_password_attempts(&users).await {
+                tracing::warn!(error = %e, "could not reset wrong pay-password counters");
+            }
+        }
+
+        for (verdict, r) in verdicts.iter().zip(&requests) {
+            if let Some(Err(e)) = verdict {
+                tracing::warn!(request_id = %r.request_id, order_no = %r.order_no, error = %e, "pay request not settled");
+            }
+        }
+        verdicts.into_iter().map(|v| v.expect("every request has a verdict")).collect()
+    }
+}
+
+/// Re-checks what the ingress validated: a message may also come from a replayed DLQ.
+fn check_shape(r: &AssetPayRequested) -> Result<(), Verdict> {
+    let invalid = |why: &str| Err(refused(Refusal::new(Code::Validation, why)));
+    if r.method.asset().is_none() {
+        return invalid("not an internal-asset payment");
+    }
+    if r.amount.is_zero() || r.asset_amount.is_zero() {
+        return invalid("amount must be above zero");
+    }
+    if r.method != PayMethod::Integral && r.amount != r.asset_amount {
+        return invalid("asset amount must equal the amount");
+    }
+    Ok(())
+}
+
+fn reply(body: &PayReplied) -> Verdict {
+    Ok(Outcome { reply: Some(serde_json::to_vec(body).expect("a reply serialises")) })
+}
+
+fn refused(refusal: Refusal) -> Verdict {
+    tracing::info!(code = refusal.code.as_str(), reason = %refusal.message, "pay request refused");
+    reply(&PayReplied::Refused(refusal))
+}
+
+fn db_error(e: &sqlx::Error) -> HandleError {
+    if is_unavailable(e) {
+        HandleError::Unavailable(format!("database: {e}"))
+    } else if is_conflict(e) {
+        HandleError::Retryable(format!("database conflict: {e}"))
+    } else {
+        HandleError::Retryable(format!("database: {e}"))
+    }
+}
+
+fn cache_error(e: &CacheError) -> HandleError {
+    match e {
+        CacheError::Unavailable(_) => HandleError::Unavailable(e.to_string()),
+        CacheError::Command(_) => HandleError::Retryable(e.to_string()),
+    }
+}
+
+/// Runs the pay-worker (and, unless `outbox.relay` is off, the outbox relay) until `stop`.
+pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
+    let db = store::pool(&settings.database)?;
+    let cache = Cache::new(&settings.redis)?;
+    let passwords = PasswordHasher::new(settings.pay.password_pepper()?, settings.pay.bcrypt_cost);
+    let topology = Topology::new(&settings.broker);
+    let broker_health = BrokerHealth::default();
+    if !store::wait_for_schema(&db, &stop).await {
+        return Ok(());
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if settings.outbox.relay {
+        tasks.spawn(super::relay::run(db.clone(), settings.broker.clone(), settings.outbox.clone(), stop.clone()));
+    }
+    if !settings.pay_worker.health_listen.is_empty() {
+        let addr =
+            settings.pay_worker.health_listen.parse().map_err(|e| anyhow::anyhow!("pay_worker.health_listen: {e}"))?;
+        let up = broker_health.clone();
+        let probe = Probe { db: db.clone(), cache: cache.clone(), broker: Arc::new(move || up.is_connected()) };
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            if let Err(e) = health::serve(addr, probe, stop).await {
+                tracing::error!(error = %e, "health endpoint failed");
+            }
+        });
+    }
+    let consumer_settings = ConsumerSettings {
+        queue: PAY_REQUESTS,
+        name: "payfleet-pay-worker".into(),
+        prefetch: settings.pay_worker.prefetch,
+        concurrency: settings.pay_worker.concurrency,
+        batch_max: settings.pay_worker.batch_max,
+    };
+    let handler = Arc::new(PayHandler::new(db, cache, passwords, settings.pay.clone()));
+    consumer::run(&settings.broker, &topology, &consumer_settings, handler, broker_health, stop.clone()).await;
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("pay-worker stopped");
+    Ok(())
+}

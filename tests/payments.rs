@@ -1,0 +1,262 @@
+//! Paying through the HTTP API with the ingress and pay-worker running in-process against the
+//! real PostgreSQL, RabbitMQ and Redis.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestEnv, eventually, m};
+use payfleet::store::users::Balances;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_asset_pays_and_leaves_its_records() {
+    let env = TestEnv::new().await;
+    let app = env.start_in_process().await;
+    let (user, token) = env.user("100.00", "1000", "20.00").await;
+    let goods = env.goods("10.00").await;
+
+    let order = app.api.create_order(&token, goods, 2).await.unwrap();
+    assert_eq!((order.status, order.code()), (200, "SUCCESS"), "{:?}", order.body);
+    assert_eq!(order.field("amount"), "20.00", "price × num, computed by the server");
+    let balance_order = order.field("order_no").to_owned();
+    let r = app.api.pay_balance(&token, &balance_order, "20.00", "123456").await.unwrap();
+    assert_eq!((r.status, r.code()), (200, "SUCCESS"), "{:?}", r.body);
+    assert_eq!(r.field("remaining_balance"), "80.00");
+    assert!(r.field("pay_no").starts_with("BAL"));
+    assert!(r.field("pay_time").ends_with('Z'));
+
+    let integral_order = app.api.create_order(&token, goods, 1).await.unwrap().field("order_no").to_owned();
+    let r = app.api.pay_integral(&token, &integral_order, "100.00", "10.00").await.unwrap();
+    assert_eq!((r.status, r.code()), (200, "SUCCESS"), "{:?}", r.body);
+    assert_eq!(r.field("remaining_integral"), "900.00");
+
+    let money2_order = app.api.create_order(&token, goods, 1).await.unwrap().field("order_no").to_owned();
+    let r = app.api.pay_money2(&token, &money2_order, "10.00").await.unwrap();
+    assert_eq!((r.status, r.code()), (200, "SUCCESS"), "{:?}", r.body);
+    assert_eq!(r.field("remaining_money2"), "10.00");
+
+    assert_eq!(env.balances(user).await, Balances { money: m("80.00"), integral: m("900.00"), money2: m("10.00") });
+    let profit: Vec<(String, rust_decimal::Decimal, i16, String)> =
+        sqlx::query_as("SELECT order_no, change_money, pay_type, content FROM profit_pay ORDER BY id")
+            .fetch_all(&env.admin.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        profit,
+        vec![
+            (balance_order.clone(), "-20.00".parse().unwrap(), 2, "余额支付".to_owned()),
+            (integral_order.clone(), "-10.00".parse().unwrap(), 3, "积分支付".to_owned()),
+            (money2_order.clone(), "-10.00".parse().unwrap(), 4, "哈尼券支付".to_owned()),
+        ]
+    );
+    env.audit_is_clean().await;
+
+    let status = app.api.status(&token, &integral_order).await.unwrap();
+    assert_eq!(status.field("pay_status"), "SUCCESS");
+    assert_eq!(status.field("pay_type"), "INTEGRAL");
+    assert_eq!(
+        status.data()["payment_details"],
+        json!([{ "method": "integral", "amount": "10.00", "status": "SUCCESS" }])
+    );
+
+    // The outbox relay publishes one order-paid event per payment to order.followup.
+    let followup = env.settings.broker.namespace.clone() + "order.followup";
+    eventually(Duration::from_secs(10), "three events on order.followup", || async {
+        env.queue_depth(&followup).await == 3
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let env = TestEnv::with(&[("PAYFLEET__PAY__MAX_AMOUNT", "500.00")]).await;
+    let app = env.start_in_process().await;
+    let api = &app.api;
+    let (user, token) = env.user("15.00", "1000", "5.00").await;
+    let (_, other_token) = env.user("100.00", "0", "0").await;
+    let goods = env.goods("10.00").await;
+    let order = api.create_order(&token, goods, 1).await.unwrap().field("order_no").to_owned();
+    let expect = |r: payfleet::ctl::client::ApiResponse, status: u16, code: &str| {
+        assert_eq!((r.status, r.code()), (status, code), "{:?}", r.body);
+        assert_eq!(r.body["status"], if code == "SUCCESS" { 1 } else { 0 }, "{:?}", r.body);
+        assert!(!r.body["msg"].as_str().unwrap_or("").is_empty(), "a message a person can act on");
+        r
+    };
+
+    expect(api.pay_balance(&token, "ORD404", "10.00", "123456").await.unwrap(), 404, "NOT_FOUND");
+    expect(api.pay_balance(&other_token, &order, "10.00", "123456").await.unwrap(), 404, "NOT_FOUND");
+    expect(api.status(&other_token, &order).await.unwrap(), 404, "NOT_FOUND");
+    expect(api.pay_balance(&token, &order, "9.99", "123456").await.unwrap(), 422, "AMOUNT_MISMATCH");
+    for bad in ["10.001", "-10.00", "0", "0.00", "ten", "1e1", "600.00"] {
+        expect(api.pay_balance(&token, &order, bad, "123456").await.unwrap(), 422, "VALIDATION");
+        expect(api.pay_money2(&token, &order, bad).await.unwrap(), 422, "VALIDATION");
+    }
+    expect(api.pay_balance(&token, &order, "10.00", "12345").await.unwrap(), 422, "VALIDATION");
+    expect(api.pay_integral(&token, &order, "99.00", "10.00").await.unwrap(), 422, "VALIDATION");
+    expect(api.pay_integral(&token, &order, "5.00", "0.50").await.unwrap(), 422, "VALIDATION");
+    expect(api.pay_integral(&token, &order, "1010.00", "101.00").await.unwrap(), 422, "VALIDATION");
+    expect(api.pay_money2(&token, &order, "10.00").await.unwrap(), 409, "NOTENOUGH");
+    expect(api.pay_balance("", &order, "10.00", "123456").await.unwrap(), 401, "UNAUTHORIZED");
+    let r = api.post("/api/v1/payment/balance/pay", None, &json!({"order_no": order})).await.unwrap();
+    expect(r, 401, "UNAUTHORIZED");
+    expect(
+        api.post_raw("/api/v1/payment/balance/pay", Some(&token), "{\"order_no\":").await.unwrap(),
+        400,
+        "VALIDATION",
+    );
+    expect(
+        api.post("/api/v1/payment/balance/pay", Some(&token), &json!({"order_no": order})).await.unwrap(),
+        422,
+        "VALIDATION",
+    );
+    let r = api
+        .post("/api/v1/payment/money2/pay", Some(&token), &json!({"order_no": order, "amount": 10.0}))
+        .await
+        .unwrap();
+    expect(r, 422, "VALIDATION");
+
+    // Wrong passwords count down, then lock; the right one is refused while locked.
+    for left in (1..=4).rev() {
+        let r = expect(api.pay_balance(&token, &order, "10.00", "000000").await.unwrap(), 403, "PASSWORD_WRONG");
+        assert_eq!(r.data()["tries_left"], left);
+    }
+    expect(api.pay_balance(&token, &order, "10.00", "000000").await.unwrap(), 429, "PASSWORD_LOCKED");
+    expect(api.pay_balance(&token, &order, "10.00", "123456").await.unwrap(), 429, "PASSWORD_LOCKED");
+    assert_eq!(env.balances(user).await, Balances { money: m("15.00"), integral: m("1000"), money2: m("5.00") });
+
+    // A new pay password (proven by SMS) unlocks; then the order pays once.
+    let code = env.admin.issue_sms_code(user).await.unwrap();
+    expect(api.set_pay_password(&token, "246810", &code).await.unwrap(), 200, "SUCCESS");
+    let paid = expect(api.pay_balance(&token, &order, "10.00", "246810").await.unwrap(), 200, "SUCCESS");
+    let r = expect(api.pay_balance(&token, &order, "10.00", "246810").await.unwrap(), 409, "ORDERPAID");
+    assert_eq!(r.field("pay_no"), paid.field("pay_no"), "ORDERPAID names the original payment");
+    expect(api.pay_integral(&token, &order, "100.00", "10.00").await.unwrap(), 409, "ORDERPAID");
+
+    // Closed and expired orders cannot be paid.
+    let closed = api.create_order(&token, goods, 1).await.unwrap().field("order_no").to_owned();
+    sqlx::query("UPDATE orders SET status = 'CLOSED' WHERE order_no = $1")
+        .bind(&closed)
+        .execute(&env.admin.db)
+        .await
+        .unwrap();
+    expect(api.pay_integral(&token, &closed, "100.00", "10.00").await.unwrap(), 409, "ORDERCLOSED");
+    let expired = api.create_order(&token, goods, 1).await.unwrap().field("order_no").to_owned();
+    sqlx::query("UPDATE orders SET expires_at = now() - interval '1 second' WHERE order_no = $1")
+        .bind(&expired)
+        .execute(&env.admin.db)
+        .await
+        .unwrap();
+    expect(api.pay_integral(&token, &expired, "100.00", "10.00").await.unwrap(), 409, "ORDERCLOSED");
+    assert_eq!(api.status(&token, &expired).await.unwrap().field("pay_status"), "CLOSED");
+
+    // Only the one payment moved money.
+    assert_eq!(env.balances(user).await, Balances { money: m("5.00"), integral: m("1000"), money2: m("5.00") });
+    let payments: i64 = sqlx::query_scalar("SELECT count(*) FROM payments").fetch_one(&env.admin.db).await.unwrap();
+    assert_eq!(payments, 1);
+    env.audit_is_clean().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pay_password_needs_a_fresh_sms_code() {
+    let env = TestEnv::with(&[("PAYFLEET__PAY__SMS_CODE_MAX_ATTEMPTS", "3")]).await;
+    let app = env.start_in_process().await;
+    let api = &app.api;
+    let opening = Balances { money: m("50.00"), integral: m("0"), money2: m("0") };
+    let (user, token) = env.admin.create_user("no-password", &opening, None).await.unwrap();
+    let goods = env.goods("5.00").await;
+    let order = api.create_order(&token, goods, 1).await.unwrap().field("order_no").to_owned();
+
+    let r = api.pay_balance(&token, &order, "5.00", "123456").await.unwrap();
+    assert_eq!((r.status, r.code()), (403, "PASSWORD_NOT_SET"), "{:?}", r.body);
+    let r = api.set_pay_password(&token, "123456", "000000").await.unwrap();
+    assert_eq!((r.status, r.code()), (422, "SMS_CODE_INVALID"), "no code was ever sent");
+
+    let code = env.admin.issue_sms_code(user).await.unwrap();
+    let wrong = if code == "111111" { "222222" } else { "111111" };
+    let r = api
+        .post(
+            "/api/v1/user/payment-password",
+            Some(&token),
+            &json!({"password": "123456", "confirm_password": "123457", "sms_code": code}),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.code()), (422, "VALIDATION"), "{:?}", r.body);
+    for _ in 0..2 {
+        assert_eq!(api.set_pay_password(&token, "123456", wrong).await.unwrap().code(), "SMS_CODE_INVALID");
+    }
+    assert_eq!(api.set_pay_password(&token, "123456", &code).await.unwrap().code(), "SUCCESS");
+    assert_eq!(api.set_pay_password(&token, "123456", &code).await.unwrap().code(), "SMS_CODE_INVALID", "single use");
+
+    // Three wrong guesses burn a code.
+    let code = env.admin.issue_sms_code(user).await.unwrap();
+    let wrong = if code == "111111" { "222222" } else { "111111" };
+    for _ in 0..3 {
+        assert_eq!(api.set_pay_password(&token, "654321", wrong).await.unwrap().code(), "SMS_CODE_INVALID");
+    }
+    assert_eq!(api.set_pay_password(&token, "654321", &code).await.unwrap().code(), "SMS_CODE_INVALID", "burnt");
+
+    let r = api.pay_balance(&token, &order, "5.00", "123456").await.unwrap();
+    assert_eq!((r.status, r.field("remaining_balance")), (200, "45.00"), "{:?}", r.body);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_priced_by_the_server() {
+    let env = TestEnv::new().await;
+    let app = env.start_in_process().await;
+    let (_, token) = env.user("0", "0", "0").await;
+    let goods = env.goods("19.99").await;
+    let r = app.api.create_order(&token, goods, 3).await.unwrap();
+    assert_eq!((r.status, r.field("amount"), r.field("status")), (200, "59.97", "UNPAID"), "{:?}", r.body);
+    assert!(r.field("order_no").starts_with("ORD"));
+    let r = app.api.create_order(&token, goods, 0).await.unwrap();
+    assert_eq!((r.status, r.code()), (422, "VALIDATION"));
+    let r = app.api.create_order(&token, 999_999, 1).await.unwrap();
+    assert_eq!((r.status, r.code()), (404, "NOT_FOUND"));
+    let r = app
+        .api
+        .post("/api/v1/orders", Some(&token), &json!({"goods_id": goods, "num": 1, "amount": "0.01"}))
+        .await
+        .unwrap();
+    assert_eq!(r.field("amount"), "19.99", "a client-sent amount is ignored");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_worker_means_202_and_the_payment_still_completes() {
+    let env = TestEnv::with(&[("PAYFLEET__INGRESS__REPLY_TIMEOUT_MS", "300")]).await;
+    let mut app = env.start_in_process().await;
+    let (user, token) = env.user("30.00", "0", "0").await;
+    let goods = env.goods("10.00").await;
+    let order = app.api.create_order(&token, goods, 1).await.unwrap().field("order_no").to_owned();
+
+    app.stop_worker().await;
+    let r = app.api.pay_balance(&token, &order, "10.00", "123456").await.unwrap();
+    assert_eq!((r.status, r.code(), r.field("pay_status")), (202, "PROCESSING", "PROCESSING"), "{:?}", r.body);
+    assert_eq!(r.field("status_url"), format!("/api/v1/payment/{order}/status"));
+    assert_eq!(app.api.status(&token, &order).await.unwrap().field("pay_status"), "PENDING");
+
+    app.start_worker(env.settings.clone());
+    eventually(Duration::from_secs(15), "the queued payment settles", || async {
+        app.api.status(&token, &order).await.unwrap().field("pay_status") == "SUCCESS"
+    })
+    .await;
+    assert_eq!(env.balances(user).await.money, m("20.00"));
+    env.audit_is_clean().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_answer() {
+    let env = TestEnv::new().await;
+    let app = env.start_in_process().await;
+    let r = app.api.get("/healthz", None).await.unwrap();
+    assert_eq!(r.status, 200);
+    let r = app.api.get("/readyz", None).await.unwrap();
+    assert_eq!((r.status, &r.body), (200, &json!({"ready": true, "database": true, "broker": true, "redis": true})));
+    app.stop().await;
+}
