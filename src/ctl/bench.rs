@@ -121,10 +121,13 @@ pub async fn run(base: Settings, args: BenchArgs) -> anyhow::Result<()> {
     );
 
     if args.pgbench {
+        println!("\nthe pay-worker's SQL, one payment per transaction, on the bare database:");
         let tps = run_pgbench(&database_url, &admin, args.clients, args.pgbench_seconds).await?;
-        println!("\npgbench, bench/payment.sql (one payment per transaction, {} clients): {tps:.0} tps", args.clients);
         if let Some(integral) = rows.iter().find(|r| r.method == "integral") {
-            println!("fleet/pgbench ratio (integral): {:.2}", integral.per_second / tps);
+            println!(
+                "fleet/pgbench ratio (integral, against pgbench's best {tps:.0} tps): {:.2}",
+                integral.per_second / tps
+            );
         }
     }
 
@@ -272,36 +275,48 @@ fn bench_database_url(url: &str) -> anyhow::Result<String> {
     Ok(parsed.to_string())
 }
 
-/// Runs bench/payment.sql with pgbench against orders it seeds, and answers its tps.
+/// Runs bench/payment.sql under pgbench at a few client counts (the bare database peaks well
+/// below 64 clients on a small machine) and answers the best tps, so the ratio is against the
+/// database at its best.
 async fn run_pgbench(database_url: &str, admin: &Admin, clients: usize, seconds: u32) -> anyhow::Result<f64> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench");
-    let prepare = tokio::process::Command::new("psql")
-        .args(["-q", "-v", "ON_ERROR_STOP=1", "-d", database_url, "-f"])
-        .arg(script.join("prepare.sql"))
-        .status()
-        .await
-        .context("running psql (is it installed?)")?;
-    if !prepare.success() {
-        bail!("bench/prepare.sql failed");
+    let mut counts = vec![4, 16, clients];
+    counts.sort_unstable();
+    counts.dedup();
+    let mut best: f64 = 0.0;
+    for c in counts {
+        let prepare = tokio::process::Command::new("psql")
+            .args(["-q", "-v", "ON_ERROR_STOP=1", "-d", database_url, "-f"])
+            .arg(script.join("prepare.sql"))
+            .output()
+            .await
+            .context("running psql (is it installed?)")?;
+        if !prepare.status.success() {
+            bail!("bench/prepare.sql failed: {}", String::from_utf8_lossy(&prepare.stderr));
+        }
+        let output = tokio::process::Command::new("pgbench")
+            .args(["-n", "-c", &c.to_string(), "-j", "2", "-T", &seconds.to_string(), "-f"])
+            .arg(script.join("payment.sql"))
+            .arg(database_url)
+            .output()
+            .await
+            .context("running pgbench (is it installed?)")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            bail!("pgbench failed: {}{}", text, String::from_utf8_lossy(&output.stderr));
+        }
+        let tps: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tps = ").and_then(|rest| rest.split_whitespace().next()?.parse().ok()))
+            .context("no tps line in pgbench's output")?;
+        println!("pgbench bench/payment.sql, {c:>3} clients: {tps:.0} tps");
+        best = best.max(tps);
+        let audit = crate::store::ledger::audit(&admin.db).await?;
+        if !audit.is_clean() {
+            bail!("the pgbench run left the ledger inconsistent: {audit:?}");
+        }
     }
-    let output = tokio::process::Command::new("pgbench")
-        .args(["-n", "-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string(), "-f"])
-        .arg(script.join("payment.sql"))
-        .arg(database_url)
-        .output()
-        .await
-        .context("running pgbench (is it installed?)")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!("pgbench failed: {}{}", text, String::from_utf8_lossy(&output.stderr));
-    }
-    let audit = crate::store::ledger::audit(&admin.db).await?;
-    if !audit.is_clean() {
-        bail!("the pgbench run left the ledger inconsistent: {audit:?}");
-    }
-    text.lines()
-        .find_map(|l| l.strip_prefix("tps = ").and_then(|rest| rest.split_whitespace().next()?.parse().ok()))
-        .context("no tps line in pgbench's output")
+    Ok(best)
 }
 
 async fn cleanup(settings: &Settings, admin: &Admin) -> anyhow::Result<()> {
@@ -309,7 +324,8 @@ async fn cleanup(settings: &Settings, admin: &Admin) -> anyhow::Result<()> {
     crate::store::drop_database(&settings.database).await?;
     admin.cache.delete_namespace().await?;
     let conn = crate::mq::connect(&settings.broker, "payctl-bench").await?;
-    Topology::new(&settings.broker).delete(&conn.create_channel().await?).await?;
-    let _ = conn.close(200, "bye".into()).await;
+    let channel = conn.create_channel().await?;
+    Topology::new(&settings.broker).delete(&channel).await?;
+    crate::mq::close(&conn, &channel).await;
     Ok(())
 }

@@ -157,7 +157,7 @@ pub async fn declare_topology(settings: &Settings) -> anyhow::Result<()> {
     let conn = crate::mq::connect(&settings.broker, "payctl").await.context("connecting to the broker (broker.url)")?;
     let channel = conn.create_channel().await?;
     Topology::new(&settings.broker).declare(&channel).await?;
-    conn.close(200, "bye".into()).await?;
+    crate::mq::close(&conn, &channel).await;
     Ok(())
 }
 

@@ -194,6 +194,7 @@ async fn session<H: Handler>(
     // Stop taking deliveries, then let the batches in hand commit and ack.
     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
     while batches.join_next().await.is_some() {}
+    let _ = channel.close(200, "bye".into()).await;
     outcome
 }
 

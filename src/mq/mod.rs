@@ -35,6 +35,14 @@ pub enum MqError {
     NotConnected,
 }
 
+/// Closes a channel, then its connection. (Closing only the connection leaves lapin to close
+/// the channel as it is dropped, racing the connection's own close and logging a spurious
+/// error.)
+pub async fn close(conn: &Connection, channel: &lapin::Channel) {
+    let _ = channel.close(200, "bye".into()).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
 /// One connection attempt.
 pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection, MqError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());

@@ -148,7 +148,10 @@ async fn supervise(inner: Arc<Inner>, settings: BrokerSettings, stop: Cancellati
                         }
                     }
                 }
-                *inner.session.write().expect("session lock") = None;
+                let publisher = inner.session.write().expect("session lock").take();
+                if let Some(publisher) = publisher {
+                    let _ = publisher.channel().close(200, "bye".into()).await;
+                }
                 // Calls waiting on this session's replies will not get them; they answer 202.
                 inner.pending.lock().expect("pending lock").clear();
             }

@@ -67,7 +67,7 @@ pub async fn run(db: PgPool, broker: BrokerSettings, settings: OutboxSettings, s
                 _ = tokio::time::sleep(wait) => {}
             }
         };
-        let _ = conn.close(200, "bye".into()).await;
+        crate::mq::close(&conn, publisher.channel()).await;
         if !broker_lost {
             return;
         }
