@@ -239,6 +239,9 @@ impl Settings {
         if self.broker.notice_retry_delays_ms.is_empty() || self.broker.notice_retry_delays_ms.contains(&0) {
             return bad("broker.notice_retry_delays_ms", "needs at least one delay, none of them zero");
         }
+        if !self.pay_worker.health_listen.is_empty() && self.pay_worker.health_listen.parse::<SocketAddr>().is_err() {
+            return bad("pay_worker.health_listen", "must be empty or an address like 127.0.0.1:9090");
+        }
         if self.outbox.batch <= 0 {
             return bad("outbox.batch", "must be at least 1");
         }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Serialize, Deserialize)]
 struct TestMessage {
     id: String,
-    /// ok | reply | permanent | retry | retry-once | unavailable-twice
+    /// ok | reply | permanent | retry | retry-once | unavailable-twice | panic
     behaviour: String,
 }
 
@@ -58,10 +58,15 @@ impl Handler for Scripted {
                     "retry-once" => Ok(Outcome::default()),
                     "unavailable-twice" if earlier < 2 => Err(HandleError::Unavailable("database down".into())),
                     "unavailable-twice" => Ok(Outcome::default()),
+                    "panic" => panic!("a bug in the handler"),
                     other => panic!("unknown behaviour {other}"),
                 }
             })
             .collect()
+    }
+
+    fn failure_reply(&self, reason: &str) -> Option<Vec<u8>> {
+        Some(format!("failed: {reason}").into_bytes())
     }
 }
 
@@ -76,7 +81,11 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Harness {
-        let env = TestEnv::new().await;
+        Harness::with(&[]).await
+    }
+
+    async fn with(overrides: &[(&str, &str)]) -> Harness {
+        let env = TestEnv::with(overrides).await;
         let conn = payfleet::mq::connect(&env.settings.broker, "test-publisher").await.unwrap();
         let publisher = Publisher::open(&conn, Duration::from_secs(5)).await.unwrap();
         Harness { env, handler: Arc::default(), stop: CancellationToken::new(), task: None, conn, publisher }
@@ -229,5 +238,43 @@ async fn a_handled_request_is_answered_on_direct_reply_to() {
     assert!(matches!(rpc.call(&out, Duration::from_millis(1)).await.unwrap(), Called::TimedOut | Called::Replied(_)));
     eventually(Duration::from_secs(5), "quiet handled", || async { h.handler.calls("quiet").len() == 1 }).await;
     stop.cancel();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dead_lettered_is_still_answered() {
+    let mut h = Harness::new().await;
+    h.start();
+    let stop = CancellationToken::new();
+    let rpc = RpcClient::start(h.env.settings.broker.clone(), stop.clone());
+    eventually(Duration::from_secs(10), "rpc connected", || async { rpc.is_connected() }).await;
+    let body = serde_json::to_vec(&TestMessage { id: "doomed".into(), behaviour: "permanent".into() }).unwrap();
+    let out =
+        Outgoing { queue: ORDER_FOLLOWUP, message_id: "doomed", kind: "test", traceparent: "00-0-0-01", body: &body };
+    match rpc.call(&out, Duration::from_secs(5)).await.unwrap() {
+        Called::Replied(reply) => assert_eq!(String::from_utf8(reply).unwrap(), "failed: cannot ever work"),
+        Called::TimedOut => panic!("the caller was left waiting"),
+    }
+    assert!(h.drain_dlq().await.contains_key("doomed"));
+    stop.cancel();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_returns_the_message_until_the_delivery_limit_dead_letters_it() {
+    let mut h = Harness::with(&[("PAYFLEET__BROKER__DELIVERY_LIMIT", "2")]).await;
+    h.start();
+    h.send("poison", "panic").await;
+    h.send("healthy", "ok").await;
+    let mut dead = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !dead.contains_key("poison") {
+        assert!(tokio::time::Instant::now() < deadline, "the poison message reaches the DLQ");
+        dead.extend(h.drain_dlq().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The first delivery and two redeliveries, then the broker dead-letters it.
+    assert_eq!(h.handler.calls("poison").len(), 3, "{:?}", h.handler.calls("poison"));
+    assert!(!h.handler.calls("healthy").is_empty(), "the worker survives the panic");
     h.stop().await;
 }

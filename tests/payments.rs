@@ -240,12 +240,22 @@ async fn a_slow_worker_means_202_and_the_payment_still_completes() {
     assert_eq!(r.field("status_url"), format!("/api/v1/payment/{order}/status"));
     assert_eq!(app.api.status(&token, &order).await.unwrap().field("pay_status"), "PENDING");
 
+    // A refusal decided after the 202 shows up in the status.
+    let second = app.api.create_order(&token, goods, 3).await.unwrap().field("order_no").to_owned();
+    let r = app.api.pay_money2(&token, &second, "30.00").await.unwrap();
+    assert_eq!(r.status, 202, "{:?}", r.body);
+
     app.start_worker(env.settings.clone());
     eventually(Duration::from_secs(15), "the queued payment settles", || async {
         app.api.status(&token, &order).await.unwrap().field("pay_status") == "SUCCESS"
     })
     .await;
     assert_eq!(env.balances(user).await.money, m("20.00"));
+    eventually(Duration::from_secs(15), "the refusal is in the status", || async {
+        let status = app.api.status(&token, &second).await.unwrap();
+        status.field("pay_status") == "PENDING" && status.data()["last_refusal"]["code"] == "NOTENOUGH"
+    })
+    .await;
     env.audit_is_clean().await;
     app.stop().await;
 }
@@ -258,5 +268,51 @@ async fn health_endpoints_answer() {
     assert_eq!(r.status, 200);
     let r = app.api.get("/readyz", None).await.unwrap();
     assert_eq!((r.status, &r.body), (200, &json!({"ready": true, "database": true, "broker": true, "redis": true})));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_can_never_succeed_is_answered_and_dead_lettered() {
+    use payfleet::mq::messages::{AssetPayRequested, PayReplied, PayRequested};
+    use payfleet::mq::rpc::{Called, Outgoing, RpcClient};
+    use payfleet::mq::topology::{PAY_REQUESTS, Topology};
+
+    let env = TestEnv::new().await;
+    let app = env.start_in_process().await;
+    let (user, _) = env.user("10.00", "0", "0").await;
+    let goods = env.goods("1.00").await;
+    let order = env.orders(user, goods, 1).await.remove(0);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let rpc = RpcClient::start(env.settings.broker.clone(), stop.clone());
+    eventually(Duration::from_secs(10), "rpc connected", || async { rpc.is_connected() }).await;
+    // A pay password sealed under another pepper can never be opened.
+    let request = PayRequested::Asset(AssetPayRequested {
+        request_id: uuid::Uuid::new_v4(),
+        user_id: user,
+        order_no: order,
+        method: payfleet::domain::PayMethod::Balance,
+        amount: m("1.00"),
+        asset_amount: m("1.00"),
+        sealed_password: Some("c2VhbGVkIGVsc2V3aGVyZSBieSBzb21lb25lIGVsc2U=".into()),
+        requested_at: time::OffsetDateTime::now_utc(),
+    });
+    let body = serde_json::to_vec(&request).unwrap();
+    let out = Outgoing {
+        queue: PAY_REQUESTS,
+        message_id: "bad-seal",
+        kind: "pay_requested",
+        traceparent: "00-0-0-01",
+        body: &body,
+    };
+    let Called::Replied(reply) = rpc.call(&out, Duration::from_secs(5)).await.unwrap() else { panic!("no answer") };
+    match serde_json::from_slice::<PayReplied>(&reply).unwrap() {
+        PayReplied::Refused(r) => assert_eq!(r.code, payfleet::domain::Code::SystemError, "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    let dlq = Topology::new(&env.settings.broker).dlq(PAY_REQUESTS);
+    eventually(Duration::from_secs(5), "the request is in the DLQ", || async { env.queue_depth(&dlq).await == 1 })
+        .await;
+    assert_eq!(env.balances(user).await.money, m("10.00"));
+    stop.cancel();
     app.stop().await;
 }

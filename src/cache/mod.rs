@@ -2,6 +2,7 @@
 //! notify nonces. Only this module talks to Redis; every key carries `redis.key_prefix`.
 
 mod password_attempts;
+mod refusals;
 mod sms_code;
 
 use std::time::Duration;

@@ -185,6 +185,19 @@ async fn status(
         .iter()
         .map(|p| json!({ "method": p.method.as_str(), "amount": p.amount, "status": p.status }))
         .collect();
+    // Why an unpaid order is still unpaid, when a pay request of this user was refused (a
+    // request answered 202 never saw its refusal). Best effort: Redis being away hides it.
+    let last_refusal = if order.status == OrderStatus::Unpaid {
+        match app.cache.last_refusal(&order.order_no, user_id).await {
+            Ok(refusal) => refusal.map(|r| json!({ "code": r.code.as_str(), "msg": r.message })),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the last refusal");
+                None
+            }
+        }
+    } else {
+        None
+    };
     Ok(ok(
         "ok",
         json!({
@@ -196,6 +209,7 @@ async fn status(
             "pay_no": order.pay_no,
             "expires_at": rfc3339(order.expires_at),
             "payment_details": details,
+            "last_refusal": last_refusal,
         }),
     ))
 }

@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
@@ -70,6 +72,13 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         batch: &[Incoming<Self::Message>],
     ) -> impl Future<Output = Vec<Result<Outcome, HandleError>>> + Send;
+
+    /// The reply for a request that is dead-lettered, so a caller still waiting learns it
+    /// failed instead of waiting for nothing. None: no reply.
+    fn failure_reply(&self, reason: &str) -> Option<Vec<u8>> {
+        let _ = reason;
+        None
+    }
 }
 
 /// How one consumer consumes.
@@ -185,8 +194,18 @@ async fn session<H: Handler>(
             queue: settings.queue,
             stop: stop.clone(),
         };
+        let ackers: Vec<lapin::Acker> = batch.iter().map(|d| d.acker.clone()).collect();
+        let queue = settings.queue;
         batches.spawn(async move {
-            context.process(batch).await;
+            if AssertUnwindSafe(context.process(batch)).catch_unwind().await.is_err() {
+                // A bug, not a verdict: give the batch back. The broker counts the redelivery,
+                // and x-delivery-limit dead-letters a message that keeps doing this. (Acking
+                // a delivery twice is a no-op in lapin, so the settled ones are safe.)
+                tracing::error!(queue, "a batch handler panicked; returning its unsettled messages to the queue");
+                for acker in ackers {
+                    let _ = acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                }
+            }
             drop(permit);
         });
         while batches.try_join_next().is_some() {}
@@ -266,11 +285,8 @@ impl<H: Handler> BatchContext<H> {
     async fn settle(&self, delivery: &Delivery, meta: &Meta, result: Result<Outcome, HandleError>) {
         match result {
             Ok(outcome) => {
-                if let (Some(body), Some(reply_to)) = (outcome.reply, meta.reply_to.as_deref()) {
-                    let correlation = meta.correlation_id.as_deref().or(meta.message_id.as_deref()).unwrap_or_default();
-                    if let Err(e) = self.publisher.reply(reply_to, correlation, &body).await {
-                        tracing::warn!(error = %e, message_id = ?meta.message_id, "could not send the reply; the result stays in the database");
-                    }
+                if let Some(body) = outcome.reply {
+                    self.reply(meta, &body).await;
                 }
                 ack(delivery).await;
             }
@@ -306,6 +322,15 @@ impl<H: Handler> BatchContext<H> {
         }
     }
 
+    /// Answers the message's `reply_to`, if it has one.
+    async fn reply(&self, meta: &Meta, body: &[u8]) {
+        let Some(reply_to) = meta.reply_to.as_deref() else { return };
+        let correlation = meta.correlation_id.as_deref().or(meta.message_id.as_deref()).unwrap_or_default();
+        if let Err(e) = self.publisher.reply(reply_to, correlation, body).await {
+            tracing::warn!(error = %e, message_id = ?meta.message_id, "could not send the reply; the result stays in the database");
+        }
+    }
+
     /// Moves a message to `<queue>.dlq` with the reason, confirmed before the ack.
     async fn dead_letter(&self, delivery: &Delivery, meta: &Meta, reason: &str) {
         let dlq = self.topology.dlq(self.queue);
@@ -322,6 +347,9 @@ impl<H: Handler> BatchContext<H> {
         match self.publisher.publish(&dlq, &delivery.data, properties).await {
             Ok(()) => {
                 tracing::error!(queue = self.queue, message_id = ?meta.message_id, %reason, "dead-lettered to {dlq}");
+                if let Some(body) = self.handler.failure_reply(reason) {
+                    self.reply(meta, &body).await;
+                }
                 ack(delivery).await;
             }
             Err(e) => {

@@ -34,7 +34,8 @@ pub struct PayHandler {
     pay: PaySettings,
 }
 
-type Verdict = Result<Outcome, HandleError>;
+/// What becomes of one request before it is serialised into the reply.
+type Answer = Result<PayReplied, HandleError>;
 
 impl PayHandler {
     pub fn new(db: PgPool, cache: Cache, passwords: PasswordHasher, pay: PaySettings) -> PayHandler {
@@ -46,7 +47,7 @@ impl PayHandler {
     async fn check_passwords(
         &self,
         requests: &[(usize, &AssetPayRequested)],
-    ) -> HashMap<usize, Result<String, Verdict>> {
+    ) -> HashMap<usize, Result<String, Answer>> {
         let mut out = HashMap::new();
         if requests.is_empty() {
             return out;
@@ -115,7 +116,7 @@ impl PayHandler {
     }
 
     /// Counts a wrong try and answers PASSWORD_WRONG with the tries left, or PASSWORD_LOCKED.
-    async fn wrong_password(&self, user_id: i64) -> Verdict {
+    async fn wrong_password(&self, user_id: i64) -> Answer {
         let count = match self.cache.record_wrong_password(user_id, self.pay.password_lock()).await {
             Ok(count) => count,
             Err(e) => return Err(cache_error(&e)),
@@ -170,19 +171,20 @@ impl PayHandler {
 impl Handler for PayHandler {
     type Message = PayRequested;
 
-    async fn handle(&self, batch: &[Incoming<PayRequested>]) -> Vec<Verdict> {
+    async fn handle(&self, batch: &[Incoming<PayRequested>]) -> Vec<Result<Outcome, HandleError>> {
         let requests: Vec<&AssetPayRequested> = batch
             .iter()
             .map(|incoming| match &incoming.message {
                 PayRequested::Asset(request) => request,
             })
             .collect();
-        let mut verdicts: Vec<Option<Verdict>> = requests.iter().map(|r| check_shape(r).err()).collect();
+        let mut answers: Vec<Option<Answer>> =
+            requests.iter().map(|r| check_shape(r, &self.pay).err().map(refused)).collect();
 
         let balance: Vec<(usize, &AssetPayRequested)> = requests
             .iter()
             .enumerate()
-            .filter(|(i, r)| verdicts[*i].is_none() && r.method == PayMethod::Balance)
+            .filter(|(i, r)| answers[*i].is_none() && r.method == PayMethod::Balance)
             .map(|(i, r)| (i, *r))
             .collect();
         let mut verified = HashMap::new();
@@ -191,11 +193,11 @@ impl Handler for PayHandler {
                 Ok(hash) => {
                     verified.insert(i, hash);
                 }
-                Err(verdict) => verdicts[i] = Some(verdict),
+                Err(answer) => answers[i] = Some(answer),
             }
         }
 
-        let standing: Vec<usize> = (0..requests.len()).filter(|i| verdicts[*i].is_none()).collect();
+        let standing: Vec<usize> = (0..requests.len()).filter(|i| answers[*i].is_none()).collect();
         let payments: Vec<AssetPayment> = standing
             .iter()
             .map(|&i| {
@@ -214,20 +216,20 @@ impl Handler for PayHandler {
         let mut unlocked = HashSet::new();
         for (&i, applied) in standing.iter().zip(self.apply(&payments).await) {
             let r = requests[i];
-            verdicts[i] = Some(match applied {
+            answers[i] = Some(match applied {
                 Ok(Applied::Paid(receipt)) => {
-                    tracing::info!(request_id = %r.request_id, order_no = %r.order_no, user_id = r.user_id, method = r.method.as_str(),
-                        amount = %r.amount, pay_no = %receipt.pay_no, remaining = %receipt.remaining, "paid");
                     if r.method == PayMethod::Balance {
                         unlocked.insert(r.user_id);
                     }
-                    reply(&PayReplied::Paid(receipt))
+                    Ok(PayReplied::Paid(receipt))
                 }
                 Ok(Applied::Refused(refusal)) => refused(refusal),
                 Ok(Applied::Stale) => Err(HandleError::Retryable("pay password changed while paying".into())),
                 Err(e) => Err(e),
             });
         }
+        let answers: Vec<Answer> = answers.into_iter().map(|a| a.expect("every request has an answer")).collect();
+
         // A right password forgives earlier wrong tries.
         if !unlocked.is_empty() {
             let users: Vec<i64> = unlocked.into_iter().collect();
@@ -235,38 +237,100 @@ impl Handler for PayHandler {
                 tracing::warn!(error = %e, "could not reset wrong pay-password counters");
             }
         }
-
-        for (verdict, r) in verdicts.iter().zip(&requests) {
-            if let Some(Err(e)) = verdict {
-                tracing::warn!(request_id = %r.request_id, order_no = %r.order_no, error = %e, "pay request not settled");
-            }
+        self.remember_refusals(&requests, &answers).await;
+        for (r, answer) in requests.iter().zip(&answers) {
+            log_answer(r, answer);
         }
-        verdicts.into_iter().map(|v| v.expect("every request has a verdict")).collect()
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.map(|body| Outcome { reply: Some(serde_json::to_vec(&body).expect("a reply serialises")) })
+            })
+            .collect()
+    }
+
+    fn failure_reply(&self, _reason: &str) -> Option<Vec<u8>> {
+        let refusal = Refusal::new(
+            Code::SystemError,
+            "this payment could not be processed and nothing was charged; please try again or contact support",
+        );
+        Some(serde_json::to_vec(&PayReplied::Refused(refusal)).expect("a reply serialises"))
     }
 }
 
-/// Re-checks what the ingress validated: a message may also come from a replayed DLQ.
-fn check_shape(r: &AssetPayRequested) -> Result<(), Verdict> {
-    let invalid = |why: &str| Err(refused(Refusal::new(Code::Validation, why)));
+impl PayHandler {
+    /// Keeps each refusal where the payer's status query finds it: after a 202 the refusal
+    /// never reached them. Refusals about orders that are not theirs, or already paid, say
+    /// nothing the status does not.
+    async fn remember_refusals(&self, requests: &[&AssetPayRequested], answers: &[Answer]) {
+        let refusals: Vec<(&str, i64, &Refusal)> = requests
+            .iter()
+            .zip(answers)
+            .filter_map(|(r, answer)| match answer {
+                Ok(PayReplied::Refused(refusal)) if !matches!(refusal.code, Code::NotFound | Code::OrderPaid) => {
+                    Some((r.order_no.as_str(), r.user_id, refusal))
+                }
+                _ => None,
+            })
+            .collect();
+        if refusals.is_empty() {
+            return;
+        }
+        let ttl = std::time::Duration::from_secs(self.pay.order_ttl_secs);
+        if let Err(e) = self.cache.remember_refusals(&refusals, ttl).await {
+            tracing::warn!(error = %e, "could not keep refusals for the status endpoint");
+        }
+    }
+}
+
+fn log_answer(r: &AssetPayRequested, answer: &Answer) {
+    match answer {
+        Ok(PayReplied::Paid(receipt)) => tracing::info!(
+            request_id = %r.request_id, order_no = %r.order_no, user_id = r.user_id, method = r.method.as_str(),
+            amount = %r.amount, pay_no = %receipt.pay_no, remaining = %receipt.remaining, "paid"
+        ),
+        Ok(PayReplied::Refused(refusal)) => tracing::info!(
+            request_id = %r.request_id, order_no = %r.order_no, user_id = r.user_id, method = r.method.as_str(),
+            code = refusal.code.as_str(), reason = %refusal.message, "refused"
+        ),
+        Err(e) => tracing::warn!(request_id = %r.request_id, order_no = %r.order_no, error = %e, "not settled yet"),
+    }
+}
+
+/// Re-checks what the ingress validated, with this worker's settings: a message may also come
+/// from a DLQ replay, or from an ingress configured differently.
+fn check_shape(r: &AssetPayRequested, pay: &PaySettings) -> Result<(), Refusal> {
+    let invalid = |why: String| Err(Refusal::new(Code::Validation, why));
     if r.method.asset().is_none() {
-        return invalid("not an internal-asset payment");
+        return invalid("not an internal-asset payment".into());
     }
     if r.amount.is_zero() || r.asset_amount.is_zero() {
-        return invalid("amount must be above zero");
+        return invalid("amount must be above zero".into());
     }
-    if r.method != PayMethod::Integral && r.amount != r.asset_amount {
-        return invalid("asset amount must equal the amount");
+    if r.amount > pay.max_amount {
+        return invalid(format!("amount exceeds the limit of {} per payment", pay.max_amount));
+    }
+    if r.method == PayMethod::Integral {
+        if r.asset_amount < pay.integral_min || r.asset_amount > pay.integral_max_per_order {
+            return invalid(format!(
+                "integral_amount must be between {} and {} points per order",
+                pay.integral_min, pay.integral_max_per_order
+            ));
+        }
+        if r.amount.checked_mul(i64::from(pay.integral_rate)) != Some(r.asset_amount) {
+            return invalid(format!(
+                "{} points are not {} yuan at {} points per yuan",
+                r.asset_amount, r.amount, pay.integral_rate
+            ));
+        }
+    } else if r.amount != r.asset_amount {
+        return invalid("asset amount must equal the amount".into());
     }
     Ok(())
 }
 
-fn reply(body: &PayReplied) -> Verdict {
-    Ok(Outcome { reply: Some(serde_json::to_vec(body).expect("a reply serialises")) })
-}
-
-fn refused(refusal: Refusal) -> Verdict {
-    tracing::info!(code = refusal.code.as_str(), reason = %refusal.message, "pay request refused");
-    reply(&PayReplied::Refused(refusal))
+fn refused(refusal: Refusal) -> Answer {
+    Ok(PayReplied::Refused(refusal))
 }
 
 fn db_error(e: &sqlx::Error) -> HandleError {
