@@ -47,8 +47,8 @@ WITH d AS (
     FROM i WHERE orders.order_no = i.order_no AND orders.status = 'UNPAID'
     RETURNING 1
 ), ob AS (
-    INSERT INTO outbox (message_id, queue, kind, payload)
-    SELECT message_id, 'order.followup', 'order_paid', payload::jsonb FROM i
+    INSERT INTO outbox (message_id, correlation_id, queue, kind, payload)
+    SELECT message_id, request_id, 'order.followup', 'order_paid', payload::jsonb FROM i
 )
 SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM p), (SELECT count(*) FROM o);
 COMMIT;

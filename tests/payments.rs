@@ -22,6 +22,7 @@ async fn each_asset_pays_and_leaves_its_records() {
     let balance_order = order.field("order_no").to_owned();
     let r = app.api.pay_balance(&token, &balance_order, "20.00", "123456").await.unwrap();
     assert_eq!((r.status, r.code()), (200, "SUCCESS"), "{:?}", r.body);
+    let balance_request = r.request_id.clone();
     assert_eq!(r.field("remaining_balance"), "80.00");
     assert!(r.field("pay_no").starts_with("BAL"));
     assert!(r.field("pay_time").ends_with('Z'));
@@ -66,6 +67,20 @@ async fn each_asset_pays_and_leaves_its_records() {
         env.queue_depth(&followup).await == 3
     })
     .await;
+    // Each carries the HTTP request's id as correlation id: one id from the request to the
+    // follow-up.
+    let conn = payfleet::mq::connect(&env.settings.broker, "test-reader").await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let mut events = std::collections::HashMap::new();
+    while let Some(m) = channel.basic_get(followup.as_str().into(), Default::default()).await.unwrap() {
+        let event: payfleet::mq::messages::OrderPaid = serde_json::from_slice(&m.delivery.data).unwrap();
+        let correlation = m.delivery.properties.correlation_id().as_ref().map(|c| c.to_string()).unwrap_or_default();
+        events.insert(event.order_no.clone(), (event, correlation));
+    }
+    payfleet::mq::close(&conn, &channel).await;
+    let (event, correlation) = &events[&balance_order];
+    assert_eq!(correlation, &balance_request);
+    assert_eq!((event.amount, event.num, event.user_id), (m("20.00"), 2, user));
     app.stop().await;
 }
 

@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 pub struct ApiResponse {
     pub status: u16,
     pub body: Value,
+    /// The `x-request-id` the ingress answered with.
+    pub request_id: String,
 }
 
 impl ApiResponse {
@@ -51,9 +53,10 @@ impl ApiClient {
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<ApiResponse> {
         let response = request.send().await.context("calling the ingress")?;
         let status = response.status().as_u16();
+        let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         let text = response.text().await?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok(ApiResponse { status, body })
+        Ok(ApiResponse { status, body, request_id })
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> anyhow::Result<ApiResponse> {

@@ -9,6 +9,8 @@ use uuid::Uuid;
 pub struct OutboxRow {
     pub id: i64,
     pub message_id: Uuid,
+    /// The request this message follows from, if any.
+    pub correlation_id: Option<Uuid>,
     /// The queue's base name; the relay adds the namespace.
     pub queue: String,
     pub kind: String,
@@ -23,7 +25,7 @@ pub async fn claim_unsent(
 ) -> Result<(Transaction<'static, Postgres>, Vec<OutboxRow>), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query_as(
-        "SELECT id, message_id, queue, kind, payload::text AS payload FROM outbox
+        "SELECT id, message_id, correlation_id, queue, kind, payload::text AS payload FROM outbox
          WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)

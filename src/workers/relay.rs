@@ -84,8 +84,10 @@ async fn relay_once(db: &PgPool, publisher: &Publisher, topology: &Topology, lim
     // Publish the whole batch, then collect the confirms: one round of broker latency per batch.
     let mut pending = Vec::with_capacity(rows.len());
     for row in &rows {
+        let origin = row.correlation_id.unwrap_or(row.message_id);
         let properties =
-            envelope::properties(&row.message_id.to_string(), &row.kind, &envelope::traceparent_for(row.message_id));
+            envelope::properties(&row.message_id.to_string(), &row.kind, &envelope::traceparent_for(origin))
+                .with_correlation_id(origin.to_string().into());
         pending.push(publisher.send(&topology.queue(&row.queue), row.payload.as_bytes(), properties).await?);
     }
     for confirm in pending {
