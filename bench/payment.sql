@@ -1,14 +1,15 @@
 -- The pay-worker's SQL for ONE integral payment per transaction (src/store/payments.rs with a
 -- batch of one), for pgbench: the bare-database baseline the fleet's throughput is compared to.
 -- Five round trips, as the worker: BEGIN, lock the order (drawing a pay number), lock the user,
--- the single write statement, COMMIT. Seed orders first with bench/prepare.sql; see there for
+-- the single write statement, COMMIT. (The worker's sixth, who paid an already-paid order, never
+-- runs here: every order is fresh.) Seed orders first with bench/prepare.sql; see there for
 -- the commands.
 
 BEGIN;
 WITH pick AS MATERIALIZED (SELECT 'PGB' || lpad(nextval('pgbench_pick')::text, 10, '0') AS order_no)
 SELECT o.order_no, o.user_id, o.goods_id, o.kind, o.num, o.amount, o.status, o.pay_no,
-       o.expires_at <= now() AS expired, p.request_id AS paid_by, nextval('pay_no_seq') AS seq, now() AS now
-FROM pick JOIN orders o ON o.order_no = pick.order_no LEFT JOIN payments p ON p.pay_no = o.pay_no
+       o.expires_at <= now() AS expired, nextval('pay_no_seq') AS seq, now() AS now
+FROM pick JOIN orders o ON o.order_no = pick.order_no
 ORDER BY o.order_no
 FOR UPDATE OF o \gset
 SELECT id, money, integral, money2, pay_password_hash FROM users
@@ -30,15 +31,16 @@ WITH d AS (
                          ARRAY[:u_integral - 10.00]::numeric[], ARRAY[3]::smallint[], ARRAY['积分支付'],
                          ARRAY[gen_random_uuid()],
                          ARRAY[jsonb_build_object('order_no', ':order_no', 'user_id', :user_id, 'amount', '1.00')::text])
+      WITH ORDINALITY
       AS i(pay_no, request_id, user_id, order_no, method, amount, asset_amount, asset, balance_after,
-           pay_type, content, message_id, payload)
+           pay_type, content, message_id, payload, ord)
 ), p AS (
     INSERT INTO payments (pay_no, order_no, user_id, method, amount, asset_amount, status, request_id, paid_at)
     SELECT pay_no, order_no, user_id, method, amount, asset_amount, 'SUCCESS', request_id, now() FROM i
     RETURNING 1
 ), l AS (
     INSERT INTO asset_ledger (user_id, asset, change, balance_after, reason, order_no, pay_no)
-    SELECT user_id, asset, -asset_amount, balance_after, 'pay', order_no, pay_no FROM i
+    SELECT user_id, asset, -asset_amount, balance_after, 'pay', order_no, pay_no FROM i ORDER BY ord
 ), pp AS (
     INSERT INTO profit_pay (user_id, order_no, pay_no, change_money, content, pay_type, add_time)
     SELECT user_id, order_no, pay_no, -amount, content, pay_type, now() FROM i

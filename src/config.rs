@@ -242,6 +242,9 @@ impl Settings {
         if !self.pay_worker.health_listen.is_empty() && self.pay_worker.health_listen.parse::<SocketAddr>().is_err() {
             return bad("pay_worker.health_listen", "must be empty or an address like 127.0.0.1:9090");
         }
+        if !(1..=1000).contains(&self.broker.delivery_limit) {
+            return bad("broker.delivery_limit", "must be between 1 and 1000");
+        }
         if self.outbox.batch <= 0 {
             return bad("outbox.batch", "must be at least 1");
         }

@@ -112,6 +112,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     expect(api.pay_integral(&token, &order, "99.00", "10.00").await.unwrap(), 422, "VALIDATION");
     expect(api.pay_integral(&token, &order, "5.00", "0.50").await.unwrap(), 422, "VALIDATION");
     expect(api.pay_integral(&token, &order, "1010.00", "101.00").await.unwrap(), 422, "VALIDATION");
+    expect(api.pay_integral(&token, &order, "10.50", "1.05").await.unwrap(), 422, "VALIDATION");
     expect(api.pay_money2(&token, &order, "10.00").await.unwrap(), 409, "NOTENOUGH");
     expect(api.pay_balance("", &order, "10.00", "123456").await.unwrap(), 401, "UNAUTHORIZED");
     let r = api.post("/api/v1/payment/balance/pay", None, &json!({"order_no": order})).await.unwrap();
@@ -238,6 +239,11 @@ async fn orders_are_priced_by_the_server() {
         .await
         .unwrap();
     assert_eq!(r.field("amount"), "19.99", "a client-sent amount is ignored");
+    // A valid token of a user that no longer exists.
+    let (gone, gone_token) = env.user("0", "0", "0").await;
+    sqlx::query("DELETE FROM users WHERE id = $1").bind(gone).execute(&env.admin.db).await.unwrap();
+    let r = app.api.create_order(&gone_token, goods, 1).await.unwrap();
+    assert_eq!((r.status, r.code()), (401, "UNAUTHORIZED"), "{:?}", r.body);
     app.stop().await;
 }
 
@@ -283,6 +289,10 @@ async fn health_endpoints_answer() {
     assert_eq!(r.status, 200);
     let r = app.api.get("/readyz", None).await.unwrap();
     assert_eq!((r.status, &r.body), (200, &json!({"ready": true, "database": true, "broker": true, "redis": true})));
+    let r = app.api.get("/api/v1/nothing-here", None).await.unwrap();
+    assert_eq!((r.status, r.code()), (404, "NOT_FOUND"), "unknown routes answer in the envelope");
+    let r = app.api.get("/api/v1/orders", None).await.unwrap();
+    assert_eq!((r.status, r.code()), (405, "VALIDATION"));
     app.stop().await;
 }
 
@@ -329,5 +339,145 @@ async fn a_request_that_can_never_succeed_is_answered_and_dead_lettered() {
         .await;
     assert_eq!(env.balances(user).await.money, m("10.00"));
     stop.cancel();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_password_guesses_cannot_outrun_the_lock() {
+    let env = TestEnv::new().await;
+    let app = env.start_in_process().await;
+    let (user, token) = env.user("100.00", "0", "0").await;
+    let goods = env.goods("1.00").await;
+    let order = env.orders(user, goods, 1).await.remove(0);
+    let guesses = (0..30).map(|i| {
+        let (api, token, order) = (&app.api, &token, &order);
+        async move { api.pay_balance(token, order, "1.00", &format!("{:06}", 900_000 + i)).await.unwrap() }
+    });
+    let answers = futures_util::future::join_all(guesses).await;
+    let wrong = answers.iter().filter(|r| r.code() == "PASSWORD_WRONG").count();
+    let locked = answers.iter().filter(|r| r.code() == "PASSWORD_LOCKED").count();
+    assert_eq!((wrong, locked), (4, 26), "five tries verified at most, whatever the concurrency");
+    let r = app.api.pay_balance(&token, &order, "1.00", "123456").await.unwrap();
+    assert_eq!((r.status, r.code()), (429, "PASSWORD_LOCKED"), "the right password waits out the lock too");
+    assert_eq!(env.balances(user).await.money, m("100.00"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_applied_again_answers_its_own_receipt() {
+    use payfleet::domain::PayMethod;
+    use payfleet::store::payments::{Applied, AssetPayment, apply};
+
+    let env = TestEnv::new().await;
+    let app = env.start_in_process().await;
+    let (user, token) = env.user("0", "500", "0").await;
+    let goods = env.goods("2.00").await;
+    let order = env.orders(user, goods, 1).await.remove(0);
+    let r = app.api.pay_integral(&token, &order, "20.00", "2.00").await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The same request once more (a redelivery), and another request for the same order.
+    let payment = |request_id| AssetPayment {
+        request_id,
+        user_id: user,
+        order_no: order.clone(),
+        method: PayMethod::Integral,
+        amount: m("2.00"),
+        asset_amount: m("20.00"),
+        verified_hash: None,
+    };
+    let same: uuid::Uuid = r.request_id.parse().unwrap();
+    let answers = apply(&env.admin.db, &[payment(same), payment(uuid::Uuid::new_v4())]).await.unwrap();
+    match &answers[0] {
+        Applied::Paid(receipt) => {
+            assert_eq!(receipt.pay_no, r.field("pay_no"));
+            assert_eq!(receipt.remaining, m("480.00"));
+        }
+        other => panic!("a redelivery answers its receipt: {other:?}"),
+    }
+    match &answers[1] {
+        Applied::Refused(refusal) => {
+            assert_eq!(refusal.code, payfleet::domain::Code::OrderPaid);
+            assert_eq!(refusal.pay_no.as_deref(), Some(r.field("pay_no")));
+        }
+        other => panic!("another request is refused: {other:?}"),
+    }
+    assert_eq!(env.balances(user).await.integral, m("480.00"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_balance_payment_is_answered_from_its_receipt_after_a_password_change() {
+    use futures_util::StreamExt;
+    use lapin::types::AMQPValue;
+    use payfleet::mq::envelope;
+    use payfleet::mq::messages::{AssetPayRequested, PayReplied, PayRequested};
+    use payfleet::mq::publisher::Publisher;
+    use payfleet::mq::topology::{PAY_REQUESTS, REPLY_TO, Topology};
+
+    let env = TestEnv::new().await;
+    let app = env.start_in_process().await;
+    let (user, token) = env.user("10.00", "0", "0").await;
+    let goods = env.goods("4.00").await;
+    let order = env.orders(user, goods, 1).await.remove(0);
+    let paid = app.api.pay_balance(&token, &order, "4.00", "123456").await.unwrap();
+    assert_eq!(paid.status, 200, "{:?}", paid.body);
+    let code = env.admin.issue_sms_code(user).await.unwrap();
+    assert_eq!(app.api.set_pay_password(&token, "246810", &code).await.unwrap().code(), "SUCCESS");
+
+    // The same pay request comes back from a retry tier (attempt 1), carrying the old password.
+    let sealer = payfleet::password::PasswordHasher::new(env.settings.pay.password_pepper().unwrap(), 4);
+    let request = PayRequested::Asset(AssetPayRequested {
+        request_id: paid.request_id.parse().unwrap(),
+        user_id: user,
+        order_no: order.clone(),
+        method: payfleet::domain::PayMethod::Balance,
+        amount: m("4.00"),
+        asset_amount: m("4.00"),
+        sealed_password: Some(sealer.seal("123456")),
+        requested_at: time::OffsetDateTime::now_utc(),
+    });
+    let conn = payfleet::mq::connect(&env.settings.broker, "test-redelivery").await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let options = lapin::options::BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut replies = channel.basic_consume(REPLY_TO.into(), "".into(), options, Default::default()).await.unwrap();
+    let publisher = Publisher::on(channel.clone(), Duration::from_secs(5)).await.unwrap();
+    let properties = envelope::properties("again", "pay_requested", "00-0-0-01")
+        .with_reply_to(REPLY_TO.into())
+        .with_correlation_id("again".into());
+    let properties = envelope::with_header(&properties, envelope::ATTEMPT_HEADER, AMQPValue::LongUInt(1));
+    let queue = Topology::new(&env.settings.broker).queue(PAY_REQUESTS);
+    publisher.publish(&queue, &serde_json::to_vec(&request).unwrap(), properties).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), replies.next()).await.unwrap().unwrap().unwrap();
+    match serde_json::from_slice::<PayReplied>(&reply.data).unwrap() {
+        PayReplied::Paid(receipt) => {
+            assert_eq!(receipt.pay_no, paid.field("pay_no"));
+            assert_eq!(receipt.remaining, m("6.00"));
+        }
+        other => panic!("answered from its receipt, not by checking the changed password: {other:?}"),
+    }
+    payfleet::mq::close(&conn, &channel).await;
+    assert_eq!(env.balances(user).await.money, m("6.00"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_payments_with_the_right_password_in_one_batch_are_no_lockout() {
+    let env = TestEnv::with(&[("PAYFLEET__INGRESS__REPLY_TIMEOUT_MS", "200")]).await;
+    let mut app = env.start_in_process().await;
+    let (user, token) = env.user("100.00", "0", "0").await;
+    let goods = env.goods("1.00").await;
+    let orders = env.orders(user, goods, 12).await;
+    // Queue them while no worker runs, so the next worker takes them as one batch.
+    app.stop_worker().await;
+    let answers =
+        futures_util::future::join_all(orders.iter().map(|o| app.api.pay_balance(&token, o, "1.00", "123456"))).await;
+    assert!(answers.iter().all(|r| r.as_ref().unwrap().status == 202));
+    app.start_worker(env.settings.clone());
+    eventually(Duration::from_secs(15), "all twelve paid", || async { env.balances(user).await.money == m("88.00") })
+        .await;
+    for order in &orders {
+        let status = app.api.status(&token, order).await.unwrap();
+        assert_eq!(status.field("pay_status"), "SUCCESS", "{:?}", status.body);
+    }
     app.stop().await;
 }

@@ -67,6 +67,8 @@ fn balance_after_is_balance_before_minus_amount_and_every_payment_is_recorded() 
             let mut left = HashMap::from([("balance", opening), ("integral", opening * 10), ("money2", opening)]);
             let mut paid: Vec<(String, String, i64, i16)> = Vec::new();
             for (fen, method) in payments {
+                // Integral is spent in whole points: at ten per yuan, prices in whole jiao.
+                let fen = if matches!(method, Method::Integral) { fen - fen % 10 } else { fen };
                 let goods = env.goods(&yuan(fen)).await;
                 let order = env.orders(user, goods, 1).await.remove(0);
                 let (key, cost, pay_type) = match method {

@@ -50,10 +50,28 @@ impl ApiError {
         }
     }
 
+    /// The request may or may not have been taken (no publisher confirm, an unreadable reply):
+    /// the client must look before paying again.
+    pub fn uncertain(cause: &dyn std::fmt::Display) -> ApiError {
+        tracing::error!(cause = %cause, "answering 503, outcome unknown");
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            ..ApiError::new(
+                Code::SystemError,
+                "the payment service could not confirm your request; it may still be processed, so check the order's status before paying again",
+            )
+        }
+    }
+
     /// A bug or an unexpected failure: logged in full, opaque to the client.
     pub fn internal(cause: &dyn std::fmt::Display) -> ApiError {
         tracing::error!(cause = %cause, "internal error");
         ApiError::new(Code::SystemError, "internal error; nothing was charged")
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> ApiError {
+        self.status = status;
+        self
     }
 
     pub fn with_data(mut self, data: Value) -> ApiError {
@@ -102,7 +120,7 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
-        ApiError { status, ..ApiError::validation(rejection.body_text()) }
+        ApiError::validation(rejection.body_text()).with_status(status)
     }
 }
 

@@ -71,6 +71,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(payment::router())
         .merge(user::router())
         .merge(health::router())
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(crate::domain::Code::Validation, "method not allowed on this route")
+                .with_status(axum::http::StatusCode::METHOD_NOT_ALLOWED)
+        })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(middleware::from_fn(with_request_id))
         .with_state(state)

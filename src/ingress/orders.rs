@@ -33,6 +33,7 @@ async fn create(
     let ttl = Duration::from_secs(app.pay.order_ttl_secs);
     let order = create_order(&app.db, user_id, body.goods_id, body.num as i32, ttl).await.map_err(|e| match e {
         CreateOrderError::GoodsNotFound => ApiError::not_found("goods"),
+        CreateOrderError::UserNotFound => ApiError::unauthorized("your account does not exist; sign in again"),
         CreateOrderError::TooLarge => ApiError::validation("order amount too large"),
         CreateOrderError::Db(e) => e.into(),
     })?;

@@ -68,6 +68,9 @@ async fn pay_integral(
     let money = payment_amount(&app, "money_amount", &body.money_amount)?;
     let points = parse_money("integral_amount", &body.integral_amount)?;
     let (min, max, rate) = (app.pay.integral_min, app.pay.integral_max_per_order, app.pay.integral_rate);
+    if points.to_fen() % 100 != 0 {
+        return Err(ApiError::validation("integral_amount must be a whole number of points"));
+    }
     if points < min || points > max {
         return Err(ApiError::validation(format!("integral_amount must be between {min} and {max} points per order")));
     }
@@ -125,9 +128,10 @@ async fn submit(
         Ok(Called::Replied(reply)) => match serde_json::from_slice::<PayReplied>(&reply) {
             Ok(PayReplied::Paid(receipt)) => Ok(paid(&order_no, &receipt)),
             Ok(PayReplied::Refused(refusal)) => Err(refusal.into()),
-            Err(e) => Err(ApiError::internal(&format_args!("unreadable reply from the pay-worker: {e}"))),
+            Err(e) => Err(ApiError::uncertain(&format_args!("unreadable reply from the pay-worker: {e}"))),
         },
-        Ok(Called::TimedOut) | Err(MqError::ConfirmTimeout(_)) => Ok(processing(&order_no)),
+        Ok(Called::TimedOut) => Ok(processing(&order_no)),
+        Err(e @ MqError::Unconfirmed(_)) => Err(ApiError::uncertain(&e)),
         Err(e) => Err(ApiError::unavailable(&e)),
     }
 }

@@ -54,8 +54,11 @@ async fn set_pay_password(
     }
     let hash = app.passwords.hash(&body.password).await.map_err(|e| ApiError::internal(&e))?;
     crate::store::users::set_pay_password_hash(&app.db, user_id, &hash).await?;
-    // A new password starts with a clean slate of tries.
-    app.cache.clear_password_attempts(&[user_id]).await?;
+    // A new password starts with a clean slate of tries. The password is set either way, so a
+    // Redis hiccup here must not answer failure (the SMS code is used up).
+    if let Err(e) = app.cache.clear_password_attempts(&[user_id]).await {
+        tracing::warn!(error = %e, user_id, "pay password set, but its try counter could not be reset");
+    }
     tracing::info!(user_id, "pay password set");
     Ok(ok("pay password set", Value::Null))
 }

@@ -363,8 +363,10 @@ impl<H: Handler> BatchContext<H> {
 async fn ack(delivery: &Delivery) {
     // A failed ack means the channel is gone; the broker redelivers and the handler, being
     // idempotent, answers the same again.
-    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-        tracing::warn!(error = %e, "ack failed; the message will be redelivered");
+    match delivery.acker.ack(BasicAckOptions::default()).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!("ack not sent (the channel is gone); the message will be redelivered"),
+        Err(e) => tracing::warn!(error = %e, "ack failed; the message will be redelivered"),
     }
 }
 

@@ -27,9 +27,10 @@ pub enum MqError {
     /// The broker nacked the message or could not route it to a queue.
     #[error("broker refused the message: {0}")]
     Refused(String),
-    /// No publisher confirm arrived in time; the message may or may not be stored.
-    #[error("no publisher confirm within {0:?}")]
-    ConfirmTimeout(Duration),
+    /// The message was handed to the broker but its confirm never came (time-out, or the
+    /// connection dropped while waiting): it may or may not be stored.
+    #[error("publish not confirmed: {0}")]
+    Unconfirmed(String),
     /// The fleet has no broker session right now (reconnecting).
     #[error("not connected to the broker")]
     NotConnected,

@@ -75,7 +75,8 @@ impl PendingConfirm {
     pub async fn confirmed(self) -> Result<(), MqError> {
         let confirmation = tokio::time::timeout(self.timeout, self.confirm)
             .await
-            .map_err(|_| MqError::ConfirmTimeout(self.timeout))??;
+            .map_err(|_| MqError::Unconfirmed(format!("no confirm within {:?}", self.timeout)))?
+            .map_err(|e| MqError::Unconfirmed(e.to_string()))?;
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) => Err(MqError::Refused(format!(

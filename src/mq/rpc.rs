@@ -96,8 +96,8 @@ impl RpcClient {
     }
 
     /// Publishes a request with `reply_to` set, waits for its confirm, then waits up to `wait`
-    /// for the reply. An error means the request was not stored (or may not have been, for a
-    /// confirm time-out): the caller must not report it as accepted.
+    /// for the reply. An error means the request was not stored, or, for `Unconfirmed`, that
+    /// nobody knows: the caller must not report it as accepted.
     pub async fn call(&self, out: &Outgoing<'_>, wait: Duration) -> Result<Called, MqError> {
         let publisher = self.publisher()?;
         let (tx, rx) = oneshot::channel();

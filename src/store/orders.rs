@@ -23,6 +23,9 @@ pub enum CreateOrderError {
     /// No goods with that id.
     #[error("no such goods")]
     GoodsNotFound,
+    /// The token's user does not exist (any more).
+    #[error("no such user")]
+    UserNotFound,
     /// price × num does not fit NUMERIC(12,2).
     #[error("order amount too large")]
     TooLarge,
@@ -60,6 +63,8 @@ pub async fn create_order(
         Ok(None) => Err(CreateOrderError::GoodsNotFound),
         // 22003 numeric_value_out_of_range
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("22003") => Err(CreateOrderError::TooLarge),
+        // 23503 foreign_key_violation: the only reference not checked by the SELECT is the user
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23503") => Err(CreateOrderError::UserNotFound),
         Err(e) => Err(e.into()),
     }
 }

@@ -1,6 +1,7 @@
 //! Applying internal-asset payments (balance, integral, money2), a batch at a time.
 //!
-//! One transaction per batch, five round trips however many payments it holds:
+//! One transaction per batch, five round trips however many payments it holds (a sixth when an
+//! order in it is already paid, to tell a redelivery from a second payment):
 //! 1. lock the batch's orders (sorted, so two batches never deadlock on them), drawing a pay
 //!    number for each from `pay_no_seq`;
 //! 2. decide in Rust which requests are refused (unknown order, someone else's, paid, closed,
@@ -14,8 +15,9 @@
 //!    and the outbox, with `UPDATE orders … FROM`;
 //! 5. commit.
 //!
-//! Two requests for one order in one batch go in separate rounds, so the second sees the first's
-//! result. A failing batch is the caller's to retry one message at a time.
+//! Two requests for one order in one batch go in separate rounds (each its own transaction), so
+//! the second sees the first's result. A failing batch is the caller's to retry one message at a
+//! time.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -81,7 +83,6 @@ struct LockedOrder {
     status: String,
     pay_no: Option<String>,
     expired: bool,
-    paid_by: Option<Uuid>,
     seq: i64,
     now: OffsetDateTime,
 }
@@ -119,20 +120,39 @@ async fn apply_round(pool: &PgPool, items: &[&AssetPayment]) -> Result<Vec<Appli
 
     let order_nos: Vec<&str> = items.iter().map(|p| p.order_no.as_str()).collect();
     let orders: Vec<LockedOrder> = sqlx::query_as(
-        "SELECT o.order_no, o.user_id, o.goods_id, o.kind, o.num, o.amount, o.status, o.pay_no,
-                o.expires_at <= now() AS expired, p.request_id AS paid_by,
-                nextval('pay_no_seq') AS seq, now() AS now
-         FROM orders o LEFT JOIN payments p ON p.pay_no = o.pay_no
-         WHERE o.order_no = ANY($1)
-         ORDER BY o.order_no
-         FOR UPDATE OF o",
+        "SELECT order_no, user_id, goods_id, kind, num, amount, status, pay_no,
+                expires_at <= now() AS expired, nextval('pay_no_seq') AS seq, now() AS now
+         FROM orders
+         WHERE order_no = ANY($1)
+         ORDER BY order_no
+         FOR UPDATE",
     )
     .bind(&order_nos)
     .fetch_all(&mut *tx)
     .await?;
     let by_no: HashMap<&str, &LockedOrder> = orders.iter().map(|o| (o.order_no.as_str(), o)).collect();
+    // Who paid the paid ones, read after the lock: a row read in the same statement as the
+    // lock would be the one from before the wait, missing a payment committed meanwhile.
+    let paid: Vec<&str> = orders.iter().filter_map(|o| o.pay_no.as_deref()).collect();
+    let paid_by: HashMap<String, Uuid> = if paid.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as("SELECT pay_no, request_id FROM payments WHERE pay_no = ANY($1)")
+            .bind(&paid)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect()
+    };
 
-    let decisions: Vec<Decision> = items.iter().map(|p| decide(p, by_no.get(p.order_no.as_str()).copied())).collect();
+    let decisions: Vec<Decision> = items
+        .iter()
+        .map(|p| {
+            let order = by_no.get(p.order_no.as_str()).copied();
+            let payer = order.and_then(|o| paid_by.get(o.pay_no.as_deref()?)).copied();
+            decide(p, order, payer)
+        })
+        .collect();
 
     // Step 3: the paying users, locked in id order, walked in batch order.
     let mut user_ids: Vec<i64> =
@@ -168,12 +188,12 @@ async fn apply_round(pool: &PgPool, items: &[&AssetPayment]) -> Result<Vec<Appli
 
     let mut outcomes: Vec<Option<Applied>> = Vec::with_capacity(items.len());
     let mut settled: Vec<(usize, Settled)> = Vec::new();
-    let mut replays: Vec<(usize, Uuid)> = Vec::new();
+    let mut replays: Vec<(usize, Uuid, Option<String>)> = Vec::new();
     for (i, (decision, payment)) in decisions.into_iter().zip(items).enumerate() {
         outcomes.push(None);
         match decision {
             Decision::Done(applied) => outcomes[i] = Some(applied),
-            Decision::Replay => replays.push((i, payment.request_id)),
+            Decision::Replay => replays.push((i, payment.request_id, by_no[payment.order_no.as_str()].pay_no.clone())),
             Decision::Candidate => {
                 let order = by_no[payment.order_no.as_str()];
                 let asset = payment.method.asset().expect("asset payments only");
@@ -216,7 +236,7 @@ async fn apply_round(pool: &PgPool, items: &[&AssetPayment]) -> Result<Vec<Appli
     let replayed = if replays.is_empty() {
         HashMap::new()
     } else {
-        receipts_by_request(&mut tx, &replays.iter().map(|(_, id)| *id).collect::<Vec<_>>()).await?
+        receipts_by_request(&mut tx, &replays.iter().map(|(_, id, _)| *id).collect::<Vec<_>>()).await?
     };
     tx.commit().await?;
 
@@ -228,24 +248,26 @@ async fn apply_round(pool: &PgPool, items: &[&AssetPayment]) -> Result<Vec<Appli
             remaining: s.balance_after,
         }));
     }
-    for (i, request_id) in replays {
+    for (i, request_id, pay_no) in replays {
         outcomes[i] = Some(match replayed.get(&request_id) {
             Some(receipt) => Applied::Paid(receipt.clone()),
-            // The order names this request as its payer, so its receipt exists.
-            None => Applied::Refused(Refusal::new(Code::OrderPaid, "order already paid")),
+            // The order names this request as its payer, so its receipt exists; if it ever
+            // does not, say what is certain.
+            None => Applied::Refused(Refusal { pay_no, ..Refusal::new(Code::OrderPaid, "order already paid") }),
         });
     }
     Ok(outcomes.into_iter().map(|o| o.expect("every request decided")).collect())
 }
 
-/// The order checks of one request, given its locked order (if any).
-fn decide(payment: &AssetPayment, order: Option<&LockedOrder>) -> Decision {
+/// The order checks of one request, given its locked order (if any) and, for a paid order, the
+/// request that paid it.
+fn decide(payment: &AssetPayment, order: Option<&LockedOrder>, paid_by: Option<Uuid>) -> Decision {
     let refuse = |code, message: &str| Decision::Done(Applied::Refused(Refusal::new(code, message)));
     let Some(order) = order.filter(|o| o.user_id == payment.user_id) else {
         return refuse(Code::NotFound, "order not found");
     };
     match OrderStatus::parse(&order.status) {
-        Some(OrderStatus::Paid) if order.paid_by == Some(payment.request_id) => Decision::Replay,
+        Some(OrderStatus::Paid) if paid_by == Some(payment.request_id) => Decision::Replay,
         Some(OrderStatus::Paid) => Decision::Done(Applied::Refused(Refusal {
             pay_no: order.pay_no.clone(),
             ..Refusal::new(Code::OrderPaid, "order already paid")
@@ -358,16 +380,16 @@ async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'
          ), i AS (
              SELECT * FROM unnest($5::text[], $6::uuid[], $7::bigint[], $8::text[], $9::text[], $10::numeric[],
                                   $11::numeric[], $12::text[], $13::numeric[], $14::smallint[], $15::text[],
-                                  $16::uuid[], $17::text[])
+                                  $16::uuid[], $17::text[]) WITH ORDINALITY
                AS i(pay_no, request_id, user_id, order_no, method, amount, asset_amount, asset, balance_after,
-                    pay_type, content, message_id, payload)
+                    pay_type, content, message_id, payload, ord)
          ), p AS (
              INSERT INTO payments (pay_no, order_no, user_id, method, amount, asset_amount, status, request_id, paid_at)
              SELECT pay_no, order_no, user_id, method, amount, asset_amount, 'SUCCESS', request_id, now() FROM i
              RETURNING 1
          ), l AS (
              INSERT INTO asset_ledger (user_id, asset, change, balance_after, reason, order_no, pay_no)
-             SELECT user_id, asset, -asset_amount, balance_after, 'pay', order_no, pay_no FROM i
+             SELECT user_id, asset, -asset_amount, balance_after, 'pay', order_no, pay_no FROM i ORDER BY ord
          ), pp AS (
              INSERT INTO profit_pay (user_id, order_no, pay_no, change_money, content, pay_type, add_time)
              SELECT user_id, order_no, pay_no, -amount, content, pay_type, now() FROM i
@@ -448,4 +470,16 @@ pub async fn count_successful(pool: &PgPool, method: PayMethod) -> Result<i64, s
         .bind(method.as_str())
         .fetch_one(pool)
         .await
+}
+
+/// Which of these pay requests already paid (a redelivery is answered from its receipt).
+pub async fn applied_requests(
+    pool: &PgPool,
+    request_ids: &[Uuid],
+) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+    let rows: Vec<Uuid> = sqlx::query_scalar("SELECT request_id FROM payments WHERE request_id = ANY($1)")
+        .bind(request_ids)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().collect())
 }

@@ -43,7 +43,13 @@ impl PayHandler {
     }
 
     /// Phase 1 for the batch's balance payments: `Ok(hash)` for a verified password, or the
-    /// verdict for a refused one.
+    /// answer for a refused one.
+    ///
+    /// Every distinct password tried is counted before it is verified (INCRBY, atomic across
+    /// batches and workers), so a burst of concurrent guesses cannot outrun the lock: past
+    /// `pay.password_max_attempts` within the window a guess is refused unverified. The same
+    /// password sent by several requests of a batch (a user paying several orders) is one try,
+    /// verified once; a right password clears the count.
     async fn check_passwords(
         &self,
         requests: &[(usize, &AssetPayRequested)],
@@ -59,21 +65,15 @@ impl PayHandler {
             Ok(rows) => rows.into_iter().collect::<HashMap<i64, String>>(),
             Err(e) => return requests.iter().map(|(i, _)| (*i, Err(Err(db_error(&e))))).collect(),
         };
-        let attempts = match self.cache.password_attempts(&user_ids).await {
-            Ok(counts) => user_ids.iter().copied().zip(counts).collect::<HashMap<i64, u32>>(),
-            Err(e) => return requests.iter().map(|(i, _)| (*i, Err(Err(cache_error(&e))))).collect(),
-        };
-        let max = self.pay.password_max_attempts;
 
-        let mut to_verify = Vec::new();
+        // The distinct (user, password) tries of the batch, in order of first appearance, and
+        // which requests made each.
+        let mut tries: Vec<(i64, String)> = Vec::new();
+        let mut made_by: Vec<Vec<usize>> = Vec::new();
         for (i, request) in requests {
-            let refuse = |code, message: String| Err(refused(Refusal::new(code, message)));
-            let Some(hash) = hashes.get(&request.user_id) else {
-                out.insert(*i, refuse(Code::PasswordNotSet, "set a pay password before paying with balance".into()));
-                continue;
-            };
-            if attempts.get(&request.user_id).copied().unwrap_or(0) >= max {
-                out.insert(*i, refuse(Code::PasswordLocked, self.locked_message()));
+            if !hashes.contains_key(&request.user_id) {
+                let refusal = Refusal::new(Code::PasswordNotSet, "set a pay password before paying with balance");
+                out.insert(*i, Err(refused(refusal)));
                 continue;
             }
             let password = match request.sealed_password.as_deref().map(|s| self.passwords.open(s)) {
@@ -83,58 +83,98 @@ impl PayHandler {
                     continue;
                 }
                 None => {
-                    out.insert(
-                        *i,
-                        Err(Err(HandleError::Permanent("balance pay request without a pay password".into()))),
-                    );
+                    let reason = "balance pay request without a pay password".into();
+                    out.insert(*i, Err(Err(HandleError::Permanent(reason))));
                     continue;
                 }
             };
-            to_verify.push((*i, *request, hash.clone(), password));
+            match tries.iter().position(|(u, p)| *u == request.user_id && *p == password) {
+                Some(t) => made_by[t].push(*i),
+                None => {
+                    tries.push((request.user_id, password));
+                    made_by.push(vec![*i]);
+                }
+            }
         }
+        let mut per_user: Vec<(i64, u32)> = Vec::new();
+        for (user, _) in &tries {
+            match per_user.iter_mut().find(|(u, _)| u == user) {
+                Some((_, k)) => *k += 1,
+                None => per_user.push((*user, 1)),
+            }
+        }
+        let counts = match self.cache.count_password_attempts(&per_user, self.pay.password_lock()).await {
+            Ok(counts) => counts,
+            Err(e) => {
+                out.extend(made_by.iter().flatten().map(|i| (*i, Err(Err(cache_error(&e))))));
+                return out;
+            }
+        };
+        // Each try's number within the window: the user's count before this batch, plus its
+        // place among the user's tries in the batch.
+        let mut next: HashMap<i64, u32> =
+            per_user.iter().zip(&counts).map(|((user, k), n)| (*user, n.saturating_sub(*k) + 1)).collect();
+        let numbers: Vec<u32> = tries
+            .iter()
+            .map(|(user, _)| {
+                let slot = next.get_mut(user).expect("every user was counted");
+                *slot += 1;
+                *slot - 1
+            })
+            .collect();
+        let max = self.pay.password_max_attempts;
 
         // bcrypt runs on the blocking pool; the batch's checks run side by side.
-        let checks = futures_util::future::join_all(
-            to_verify.iter().map(|(_, _, hash, password)| self.passwords.verify(password, hash)),
-        )
+        let checks = futures_util::future::join_all(tries.iter().zip(&numbers).map(|((user, password), n)| {
+            let hash = &hashes[user];
+            async move { if *n <= max { Some(self.passwords.verify(password, hash).await) } else { None } }
+        }))
         .await;
-        for ((i, request, hash, _), check) in to_verify.into_iter().zip(checks) {
-            let verdict = match check {
-                Ok(true) => Ok(hash),
-                Ok(false) => Err(self.wrong_password(request.user_id).await),
-                Err(e) => {
-                    tracing::error!(error = %e, user_id = request.user_id, "stored pay password hash cannot be checked");
-                    Err(refused(Refusal::new(
-                        Code::SystemError,
-                        "your pay password cannot be checked; contact support",
-                    )))
+        let mut knew_it = HashSet::new();
+        for ((((user_id, _), n), check), requests) in tries.iter().zip(numbers).zip(checks).zip(made_by) {
+            let answer = match check {
+                Some(Ok(true)) => {
+                    knew_it.insert(*user_id);
+                    Ok(hashes[user_id].clone())
+                }
+                None => {
+                    tracing::info!(user_id, tries = n, "pay password locked");
+                    Err(refused(Refusal::new(Code::PasswordLocked, self.locked_message())))
+                }
+                Some(Ok(false)) if n >= max => {
+                    tracing::info!(user_id, tries = n, "wrong pay password, now locked");
+                    Err(refused(Refusal::new(Code::PasswordLocked, self.locked_message())))
+                }
+                Some(Ok(false)) => {
+                    tracing::info!(user_id, tries = n, "wrong pay password");
+                    let left = max - n;
+                    Err(refused(Refusal {
+                        tries_left: Some(left),
+                        ..Refusal::new(
+                            Code::PasswordWrong,
+                            format!("wrong pay password; {left} tries left before balance pay locks"),
+                        )
+                    }))
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, user_id, "stored pay password hash cannot be checked");
+                    let refusal =
+                        Refusal::new(Code::SystemError, "your pay password cannot be checked; contact support");
+                    Err(refused(refusal))
                 }
             };
-            out.insert(i, verdict);
+            for i in requests {
+                out.insert(i, answer.clone());
+            }
+        }
+        // The count is there to stop guessing; whoever knows the password starts afresh.
+        if !knew_it.is_empty() {
+            let users: Vec<i64> = knew_it.into_iter().collect();
+            if let Err(e) = self.cache.clear_password_attempts(&users).await {
+                tracing::warn!(error = %e, "could not reset pay-password try counters");
+            }
         }
         out
-    }
-
-    /// Counts a wrong try and answers PASSWORD_WRONG with the tries left, or PASSWORD_LOCKED.
-    async fn wrong_password(&self, user_id: i64) -> Answer {
-        let count = match self.cache.record_wrong_password(user_id, self.pay.password_lock()).await {
-            Ok(count) => count,
-            Err(e) => return Err(cache_error(&e)),
-        };
-        let max = self.pay.password_max_attempts;
-        tracing::info!(user_id, wrong_tries = count, "wrong pay password");
-        if count >= max {
-            refused(Refusal::new(Code::PasswordLocked, self.locked_message()))
-        } else {
-            let left = max - count;
-            refused(Refusal {
-                tries_left: Some(left),
-                ..Refusal::new(
-                    Code::PasswordWrong,
-                    format!("wrong pay password; {left} tries left before balance pay locks"),
-                )
-            })
-        }
     }
 
     fn locked_message(&self) -> String {
@@ -181,10 +221,30 @@ impl Handler for PayHandler {
         let mut answers: Vec<Option<Answer>> =
             requests.iter().map(|r| check_shape(r, &self.pay).err().map(refused)).collect();
 
+        // A redelivered balance request that already paid is answered from its receipt: its
+        // password was checked when it paid (and may have changed since).
+        let redelivered: Vec<uuid::Uuid> = batch
+            .iter()
+            .zip(&requests)
+            .filter(|(incoming, r)| {
+                r.method == PayMethod::Balance && (incoming.meta.redelivered || incoming.meta.attempt > 0)
+            })
+            .map(|(_, r)| r.request_id)
+            .collect();
+        let already_paid = if redelivered.is_empty() {
+            HashSet::new()
+        } else {
+            match store::payments::applied_requests(&self.db, &redelivered).await {
+                Ok(applied) => applied,
+                Err(e) => return batch.iter().map(|_| Err(db_error(&e))).collect(),
+            }
+        };
         let balance: Vec<(usize, &AssetPayRequested)> = requests
             .iter()
             .enumerate()
-            .filter(|(i, r)| answers[*i].is_none() && r.method == PayMethod::Balance)
+            .filter(|(i, r)| {
+                answers[*i].is_none() && r.method == PayMethod::Balance && !already_paid.contains(&r.request_id)
+            })
             .map(|(i, r)| (i, *r))
             .collect();
         let mut verified = HashMap::new();
@@ -213,16 +273,9 @@ impl Handler for PayHandler {
                 }
             })
             .collect();
-        let mut unlocked = HashSet::new();
         for (&i, applied) in standing.iter().zip(self.apply(&payments).await) {
-            let r = requests[i];
             answers[i] = Some(match applied {
-                Ok(Applied::Paid(receipt)) => {
-                    if r.method == PayMethod::Balance {
-                        unlocked.insert(r.user_id);
-                    }
-                    Ok(PayReplied::Paid(receipt))
-                }
+                Ok(Applied::Paid(receipt)) => Ok(PayReplied::Paid(receipt)),
                 Ok(Applied::Refused(refusal)) => refused(refusal),
                 Ok(Applied::Stale) => Err(HandleError::Retryable("pay password changed while paying".into())),
                 Err(e) => Err(e),
@@ -230,13 +283,6 @@ impl Handler for PayHandler {
         }
         let answers: Vec<Answer> = answers.into_iter().map(|a| a.expect("every request has an answer")).collect();
 
-        // A right password forgives earlier wrong tries.
-        if !unlocked.is_empty() {
-            let users: Vec<i64> = unlocked.into_iter().collect();
-            if let Err(e) = self.cache.clear_password_attempts(&users).await {
-                tracing::warn!(error = %e, "could not reset wrong pay-password counters");
-            }
-        }
         self.remember_refusals(&requests, &answers).await;
         for (r, answer) in requests.iter().zip(&answers) {
             log_answer(r, answer);
@@ -311,6 +357,9 @@ fn check_shape(r: &AssetPayRequested, pay: &PaySettings) -> Result<(), Refusal> 
         return invalid(format!("amount exceeds the limit of {} per payment", pay.max_amount));
     }
     if r.method == PayMethod::Integral {
+        if r.asset_amount.to_fen() % 100 != 0 {
+            return invalid("integral_amount must be a whole number of points".into());
+        }
         if r.asset_amount < pay.integral_min || r.asset_amount > pay.integral_max_per_order {
             return invalid(format!(
                 "integral_amount must be between {} and {} points per order",
