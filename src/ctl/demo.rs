@@ -91,15 +91,14 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     api.wait_ready(Duration::from_secs(30)).await.context("waiting for /readyz")?;
     println!("    ingress ready at {url}");
 
-    let outcome = scenario(&settings, &api).await;
-    let outcome = match outcome {
-        Ok((checks, user, token)) if args.keep_running && checks.failed.is_empty() => {
-            print_try_lines(&url, user, &token);
+    let outcome = match scenario(&settings, &api).await {
+        Ok((checks, seeded)) if args.keep_running && checks.failed.is_empty() => {
+            print_try_lines(&url, &seeded);
             tokio::signal::ctrl_c().await?;
             println!("\nstopping the fleet…");
             Ok(checks)
         }
-        other => other.map(|(checks, _, _)| checks),
+        other => other.map(|(checks, _)| checks),
     };
     fleet.stop(Duration::from_secs(10)).await;
     let checks = outcome?;
@@ -116,7 +115,14 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn scenario(settings: &Settings, api: &ApiClient) -> anyhow::Result<(Checks, i64, String)> {
+/// What the scenario seeded, for the curl lines of `--keep-running`.
+struct Seeded {
+    user: i64,
+    token: String,
+    goods: i64,
+}
+
+async fn scenario(settings: &Settings, api: &ApiClient) -> anyhow::Result<(Checks, Seeded)> {
     let admin = Admin::connect(settings)?;
     let mut c = Checks { failed: Vec::new(), passed: 0 };
     let m = |s: &str| Money::parse(s).expect("demo amounts are valid");
@@ -221,9 +227,11 @@ async fn scenario(settings: &Settings, api: &ApiClient) -> anyhow::Result<(Check
         println!("    {line}");
     }
     c.expect("four ledger rows", ledger.len() == 4, ledger.len());
+    let audit = crate::store::ledger::audit(&admin.db).await?;
+    c.expect("ledger chains, accounts, profit_pay and orders agree", audit.is_clean(), format!("{audit:?}"));
     let relayed = wait_outbox_drained(&admin).await?;
     c.expect("every order-paid event relayed to order.followup", relayed, "outbox rows still unsent");
-    Ok((c, user, token))
+    Ok((c, Seeded { user, token, goods: ticket }))
 }
 
 async fn ledger_lines(admin: &Admin, user: i64) -> anyhow::Result<Vec<String>> {
@@ -253,11 +261,12 @@ async fn wait_outbox_drained(admin: &Admin) -> anyhow::Result<bool> {
     Ok(false)
 }
 
-fn print_try_lines(url: &str, user: i64, token: &str) {
+fn print_try_lines(url: &str, seeded: &Seeded) {
+    let Seeded { user, token, goods } = seeded;
     println!("\nThe fleet keeps running (Ctrl-C stops it). User {user} has pay password 123456. Try:");
     println!("  TOKEN={token}");
     println!(
-        "  curl -s -X POST {url}/api/v1/orders -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"goods_id\":1,\"num\":1}}'"
+        "  curl -s -X POST {url}/api/v1/orders -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"goods_id\":{goods},\"num\":1}}'"
     );
     println!(
         "  curl -s -X POST {url}/api/v1/payment/balance/pay -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"order_no\":\"<order_no>\",\"amount\":\"10.00\",\"pay_password\":\"123456\"}}'"
