@@ -2,9 +2,10 @@
 //! to the waiting ingress.
 //!
 //! A batch goes through two phases:
-//! 1. balance payments verify their pay passwords (lock after `pay.password_max_attempts`
-//!    wrong tries, counted in Redis), all of the batch's bcrypt work side by side on the
-//!    blocking pool;
+//! 1. balance payments verify their pay passwords (every try counted in Redis first; locked past
+//!    `pay.password_max_attempts` tries), all of the batch's bcrypt work side by side on the
+//!    blocking pool; a redelivered request that already paid skips this and is answered from
+//!    its receipt;
 //! 2. every payment still standing is applied by `store::payments::apply` in one transaction.
 //!    If that transaction fails, each message is applied alone, so one bad message fails alone.
 
