@@ -27,4 +27,5 @@ pub mod password;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod wechat;
 pub mod workers;

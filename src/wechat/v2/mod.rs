@@ -1,0 +1,4 @@
+//! WeChat Pay API v2: XML bodies signed with MD5 or HMAC-SHA256.
+
+pub mod sign;
+pub mod xml;
