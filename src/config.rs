@@ -19,7 +19,8 @@ const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Keys whose values are secrets: allowed from the environment or a file, never from a config
 /// file.
-const SECRET_KEYS: &[&str] = &["auth.jwt_secret", "pay.password_pepper"];
+const SECRET_KEYS: &[&str] =
+    &["auth.jwt_secret", "pay.password_pepper", "wechat.api_v3_key", "wechat.api_v2_key", "wechat.app_secret"];
 
 /// Why the settings could not be loaded; every message names the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,7 @@ pub struct Settings {
     pub pay: PaySettings,
     pub pay_worker: PayWorkerSettings,
     pub outbox: OutboxSettings,
+    pub wechat: WechatSettings,
     pub log: LogSettings,
 }
 
@@ -81,10 +83,10 @@ pub struct BrokerSettings {
     pub publish_timeout_ms: u64,
     /// Delay tiers for transient failures of `pay.requests` (a list, or "1000,5000" from the
     /// environment).
-    #[serde(deserialize_with = "list_of_u64")]
+    #[serde(deserialize_with = "comma_list")]
     pub retry_delays_ms: Vec<u64>,
     /// Delay tiers of the outgoing notices (OrderNotify, shipping): WeChat's own schedule.
-    #[serde(deserialize_with = "list_of_u64")]
+    #[serde(deserialize_with = "comma_list")]
     pub notice_retry_delays_ms: Vec<u64>,
 }
 
@@ -149,6 +151,52 @@ pub struct OutboxSettings {
     pub batch: i64,
 }
 
+/// Which WeChat Pay API generation outgoing calls use.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WechatApiVersion {
+    V2,
+    V3,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WechatSettings {
+    /// The generation outgoing calls use; notifies of both are accepted when both are configured.
+    pub api_version: WechatApiVersion,
+    pub appid: String,
+    pub mchid: String,
+    /// WeChat Pay's API host (`https://api.mch.weixin.qq.com`), or wechat-sim.
+    pub api_base: String,
+    /// The mini-program server API host (`https://api.weixin.qq.com`), or wechat-sim.
+    pub mp_api_base: String,
+    /// Where WeChat sends pay notifies: this fleet's ingress, reachable from WeChat.
+    pub notify_url: String,
+    /// v2: `MD5` or `HMAC-SHA256`.
+    pub v2_sign_type: String,
+    api_v2_key: Option<SecretString>,
+    api_v2_key_file: Option<PathBuf>,
+    api_v3_key: Option<SecretString>,
+    api_v3_key_file: Option<PathBuf>,
+    app_secret: Option<SecretString>,
+    app_secret_file: Option<PathBuf>,
+    /// v3: the merchant API certificate's serial number.
+    pub merchant_serial_no: String,
+    /// v3: the merchant API private key (`apiclient_key.pem`).
+    pub merchant_private_key_file: Option<PathBuf>,
+    /// v3 public-key mode: the WeChat Pay public key's id (`PUB_KEY_ID_…`) and PEM file.
+    pub public_key_id: String,
+    pub public_key_file: Option<PathBuf>,
+    /// v3 certificate mode: WeChat Pay platform certificate PEM files.
+    #[serde(deserialize_with = "comma_list")]
+    pub platform_certificate_files: Vec<PathBuf>,
+    pub http_timeout_ms: u64,
+    /// A WeChat payment still PAYING after this is queried at WeChat when its status is read.
+    pub query_after_secs: u64,
+    /// A prepay is reused for a second create within this (WeChat keeps it two hours).
+    pub prepay_valid_secs: u64,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
@@ -206,7 +254,9 @@ impl Settings {
             }
         }
         let environment =
-            config::Environment::with_prefix("PAYFLEET").prefix_separator("__").separator("__").source(env);
+            // An empty variable counts as unset, so a setting can be switched off from the
+            // environment (e.g. PAYFLEET__WECHAT__PUBLIC_KEY_FILE=).
+            config::Environment::with_prefix("PAYFLEET").prefix_separator("__").separator("__").ignore_empty(true).source(env);
         let settings: Settings =
             config::Config::builder().add_source(files).add_source(environment).build()?.try_deserialize()?;
         settings.validate()?;
@@ -241,6 +291,9 @@ impl Settings {
         }
         if !self.pay_worker.health_listen.is_empty() && self.pay_worker.health_listen.parse::<SocketAddr>().is_err() {
             return bad("pay_worker.health_listen", "must be empty or an address like 127.0.0.1:9090");
+        }
+        if !matches!(self.wechat.v2_sign_type.as_str(), "MD5" | "HMAC-SHA256") {
+            return bad("wechat.v2_sign_type", "must be MD5 or HMAC-SHA256");
         }
         if !(1..=1000).contains(&self.broker.delivery_limit) {
             return bad("broker.delivery_limit", "must be between 1 and 1000");
@@ -288,23 +341,53 @@ impl PaySettings {
     }
 }
 
+impl WechatSettings {
+    /// The APIv2 key (32 bytes), if v2 is configured.
+    pub fn api_v2_key(&self) -> Option<Result<SecretString, ConfigError>> {
+        (self.api_v2_key.is_some() || self.api_v2_key_file.is_some())
+            .then(|| resolve_secret("wechat.api_v2_key", self.api_v2_key.as_ref(), self.api_v2_key_file.as_deref(), 32))
+    }
+
+    /// The APIv3 key (32 bytes), if v3 is configured.
+    pub fn api_v3_key(&self) -> Option<Result<SecretString, ConfigError>> {
+        (self.api_v3_key.is_some() || self.api_v3_key_file.is_some())
+            .then(|| resolve_secret("wechat.api_v3_key", self.api_v3_key.as_ref(), self.api_v3_key_file.as_deref(), 32))
+    }
+
+    /// The mini-program AppSecret (for access tokens).
+    pub fn app_secret(&self) -> Result<SecretString, ConfigError> {
+        resolve_secret("wechat.app_secret", self.app_secret.as_ref(), self.app_secret_file.as_deref(), 1)
+    }
+
+    pub fn http_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_timeout_ms)
+    }
+}
+
 /// A list from a config file, or a comma-separated string from the environment. (The config
 /// crate's own list parsing would also turn every numeric-looking value, secrets included, into
 /// numbers.)
-fn list_of_u64<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<u64>, D::Error> {
+fn comma_list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Either {
-        List(Vec<u64>),
+    enum Either<T> {
+        List(Vec<T>),
         Text(String),
     }
-    match Either::deserialize(deserializer)? {
+    match Either::<T>::deserialize(deserializer)? {
         Either::List(list) => Ok(list),
         Either::Text(text) => text
             .split(',')
-            .map(|part| part.trim().parse::<u64>())
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(|part| part.parse::<T>())
             .collect::<Result<_, _>>()
-            .map_err(|e| serde::de::Error::custom(format!("expected numbers separated by commas: {e}"))),
+            .map_err(|e| serde::de::Error::custom(format!("expected a comma-separated list: {e}"))),
     }
 }
 

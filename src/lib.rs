@@ -18,6 +18,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod channel;
 pub mod config;
 pub mod ctl;
 pub mod domain;
@@ -25,6 +26,7 @@ pub mod ingress;
 pub mod mq;
 pub mod password;
 pub mod shutdown;
+pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod wechat;

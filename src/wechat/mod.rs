@@ -1,5 +1,209 @@
 //! WeChat Pay, both API generations: `v2` (XML, MD5 / HMAC-SHA256) and `v3` (JSON,
-//! SHA256withRSA, AES-256-GCM). Amounts towards WeChat are integer fen (`Money::to_fen`).
+//! SHA256withRSA, AES-256-GCM). `Wechat` is the configured channel: outgoing calls use
+//! `wechat.api_version`; notifies of either generation are verified when its keys are set (a
+//! merchant moving from v2 to v3 still gets v2 notifies for orders created before). Amounts
+//! towards WeChat are integer fen (`Money::to_fen`).
 
 pub mod v2;
 pub mod v3;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::channel::{ChannelError, PayChannel, Prepaid, PrepayOrder, Trade};
+use crate::config::{ConfigError, WechatApiVersion, WechatSettings};
+use v3::crypto::{PlatformKeys, SignedHeaders, VerifyError};
+
+/// A notify that verified (and, for v3, decrypted).
+#[derive(Clone, Debug)]
+pub struct VerifiedNotify {
+    /// WeChat's notify id (v3), or the transaction id (v2 has none).
+    pub id: String,
+    /// `TRANSACTION.SUCCESS` (v3), or `v2.pay` for a v2 pay notify.
+    pub event_type: String,
+    pub trade: Trade,
+    pub api_version: WechatApiVersion,
+}
+
+/// The configured WeChat Pay channel.
+pub struct Wechat {
+    active: WechatApiVersion,
+    v2: Option<v2::client::Client>,
+    v3: Option<v3::client::Client>,
+    pub appid: String,
+    pub mchid: String,
+}
+
+fn read_file(key: &'static str, path: &std::path::Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Bad { key, reason: format!("cannot read {}: {e}", path.display()) })
+}
+
+impl Wechat {
+    /// Builds the channel, reading keys and certificates; errors name the setting at fault.
+    pub fn from_settings(s: &WechatSettings) -> Result<Wechat, ConfigError> {
+        let bad = |key: &'static str, reason: String| ConfigError::Bad { key, reason };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(s.http_timeout_ms))
+            .build()
+            .map_err(|e| bad("wechat.http_timeout_ms", e.to_string()))?;
+        let base = s.api_base.trim_end_matches('/').to_owned();
+
+        let v2 = match s.api_v2_key() {
+            None => None,
+            Some(key) => Some(v2::client::Client {
+                http: http.clone(),
+                base: base.clone(),
+                appid: s.appid.clone(),
+                mchid: s.mchid.clone(),
+                notify_url: s.notify_url.clone(),
+                key: key?,
+                sign_type: v2::sign::SignType::parse(&s.v2_sign_type)
+                    .ok_or_else(|| bad("wechat.v2_sign_type", "must be MD5 or HMAC-SHA256".into()))?,
+            }),
+        };
+
+        let v3 = match s.api_v3_key() {
+            None => None,
+            Some(key) => {
+                let key_file = s.merchant_private_key_file.as_deref().ok_or_else(|| {
+                    bad("wechat.merchant_private_key_file", "v3 needs the merchant API private key".into())
+                })?;
+                let merchant_key =
+                    v3::crypto::private_key_from_pem(&read_file("wechat.merchant_private_key_file", key_file)?)
+                        .map_err(|e| bad("wechat.merchant_private_key_file", e))?;
+                if s.merchant_serial_no.is_empty() {
+                    return Err(bad(
+                        "wechat.merchant_serial_no",
+                        "v3 needs the merchant API certificate's serial".into(),
+                    ));
+                }
+                let mut platform = PlatformKeys::default();
+                if let Some(file) = &s.public_key_file {
+                    if s.public_key_id.is_empty() {
+                        return Err(bad(
+                            "wechat.public_key_id",
+                            "set with wechat.public_key_file (PUB_KEY_ID_…)".into(),
+                        ));
+                    }
+                    let pem = read_file("wechat.public_key_file", file)?;
+                    platform.insert(
+                        &s.public_key_id,
+                        v3::crypto::public_key_from_pem(&pem).map_err(|e| bad("wechat.public_key_file", e))?,
+                    );
+                }
+                for file in &s.platform_certificate_files {
+                    let pem = read_file("wechat.platform_certificate_files", file)?;
+                    let (serial, key) = v3::cert::read_certificate(&pem)
+                        .map_err(|e| bad("wechat.platform_certificate_files", format!("{}: {e}", file.display())))?;
+                    platform.insert(&serial, key);
+                }
+                if platform.is_empty() {
+                    return Err(bad(
+                        "wechat.public_key_file",
+                        "v3 needs WeChat's key: public_key_id + public_key_file, or platform_certificate_files".into(),
+                    ));
+                }
+                Some(v3::client::Client {
+                    http: http.clone(),
+                    base: base.clone(),
+                    appid: s.appid.clone(),
+                    mchid: s.mchid.clone(),
+                    notify_url: s.notify_url.clone(),
+                    merchant_serial: s.merchant_serial_no.clone(),
+                    merchant_key,
+                    api_v3_key: key?,
+                    platform,
+                    public_key_id: (!s.public_key_id.is_empty() && s.public_key_file.is_some())
+                        .then(|| s.public_key_id.clone()),
+                })
+            }
+        };
+        match s.api_version {
+            WechatApiVersion::V2 if v2.is_none() => {
+                return Err(bad("wechat.api_v2_key", "api_version v2 needs PAYFLEET__WECHAT__API_V2_KEY".into()));
+            }
+            WechatApiVersion::V3 if v3.is_none() => {
+                return Err(bad("wechat.api_v3_key", "api_version v3 needs PAYFLEET__WECHAT__API_V3_KEY".into()));
+            }
+            _ => {}
+        }
+        Ok(Wechat { active: s.api_version, v2, v3, appid: s.appid.clone(), mchid: s.mchid.clone() })
+    }
+
+    pub fn api_version(&self) -> WechatApiVersion {
+        self.active
+    }
+
+    /// Verifies a notify: XML bodies as v2, JSON as v3.
+    pub fn verify_notify(&self, headers: &SignedHeaders, body: &[u8]) -> Result<VerifiedNotify, VerifyError> {
+        let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+        if first == Some(b'<') {
+            let client = self.v2.as_ref().ok_or(VerifyError::BadSignature)?;
+            let text = std::str::from_utf8(body).map_err(|_| VerifyError::BadSignature)?;
+            let notify = client.verify_notify(text).map_err(|_| VerifyError::BadSignature)?;
+            Ok(VerifiedNotify {
+                id: notify.id,
+                event_type: "v2.pay".into(),
+                trade: notify.trade,
+                api_version: WechatApiVersion::V2,
+            })
+        } else {
+            let client = self.v3.as_ref().ok_or(VerifyError::BadSignature)?;
+            let notify = client.verify_notify(headers, body)?;
+            Ok(VerifiedNotify {
+                id: notify.id,
+                event_type: notify.event_type,
+                trade: notify.trade,
+                api_version: WechatApiVersion::V3,
+            })
+        }
+    }
+}
+
+/// The client outgoing calls go through.
+enum Active<'a> {
+    V2(&'a v2::client::Client),
+    V3(&'a v3::client::Client),
+}
+
+impl Wechat {
+    fn active(&self) -> Active<'_> {
+        const CHECKED: &str = "from_settings checks the active version is configured";
+        match self.active {
+            WechatApiVersion::V2 => Active::V2(self.v2.as_ref().expect(CHECKED)),
+            WechatApiVersion::V3 => Active::V3(self.v3.as_ref().expect(CHECKED)),
+        }
+    }
+}
+
+impl PayChannel for Wechat {
+    async fn prepay(&self, order: &PrepayOrder) -> Result<Prepaid, ChannelError> {
+        match self.active() {
+            Active::V2(c) => c.prepay(order).await,
+            Active::V3(c) => c.prepay(order).await,
+        }
+    }
+
+    async fn query(&self, out_trade_no: &str) -> Result<Trade, ChannelError> {
+        match self.active() {
+            Active::V2(c) => c.query(out_trade_no).await,
+            Active::V3(c) => c.query(out_trade_no).await,
+        }
+    }
+
+    async fn close(&self, out_trade_no: &str) -> Result<(), ChannelError> {
+        match self.active() {
+            Active::V2(c) => c.close(out_trade_no).await,
+            Active::V3(c) => c.close(out_trade_no).await,
+        }
+    }
+
+    fn pay_params(&self, prepaid: &Prepaid) -> Value {
+        match self.active() {
+            Active::V2(c) => c.pay_params(prepaid),
+            Active::V3(c) => c.pay_params(prepaid),
+        }
+    }
+}

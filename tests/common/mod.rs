@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cutter;
+pub mod sim;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,5 @@
 //! WeChat Pay API v2: XML bodies signed with MD5 or HMAC-SHA256.
 
+pub mod client;
 pub mod sign;
 pub mod xml;

@@ -1,0 +1,175 @@
+//! The payment-channel layer: what the fleet asks of an external channel (create, query, close,
+//! verify a notify), independent of who the channel is. WeChat Pay v2 and v3 implement it
+//! (`wechat`); Alipay or UnionPay would be further implementations.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::domain::Money;
+
+/// How the payer pays at the channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TradeType {
+    /// Mini-program / official account (needs the payer's openid).
+    Jsapi,
+    /// A mobile browser outside WeChat (v2 calls it MWEB).
+    H5,
+    /// A QR code to scan.
+    Native,
+    /// A native app.
+    App,
+}
+
+impl TradeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TradeType::Jsapi => "JSAPI",
+            TradeType::H5 => "H5",
+            TradeType::Native => "NATIVE",
+            TradeType::App => "APP",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TradeType> {
+        match s {
+            "JSAPI" => Some(TradeType::Jsapi),
+            "H5" | "MWEB" => Some(TradeType::H5),
+            "NATIVE" => Some(TradeType::Native),
+            "APP" => Some(TradeType::App),
+            _ => None,
+        }
+    }
+}
+
+/// An order to create at the channel.
+#[derive(Clone, Debug)]
+pub struct PrepayOrder {
+    /// Our number for the payment at the channel (`out_trade_no`).
+    pub out_trade_no: String,
+    pub description: String,
+    pub amount: Money,
+    pub trade_type: TradeType,
+    pub openid: Option<String>,
+    pub client_ip: String,
+    /// The channel closes the order by itself after this.
+    pub expires_at: OffsetDateTime,
+}
+
+/// What the channel answered a prepay with: what the client needs to start paying.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Prepaid {
+    /// Signed into `wx.requestPayment` params by `PayChannel::pay_params`.
+    Jsapi {
+        prepay_id: String,
+    },
+    /// Signed into the app SDK's params by `PayChannel::pay_params`.
+    App {
+        prepay_id: String,
+    },
+    H5 {
+        h5_url: String,
+    },
+    Native {
+        code_url: String,
+    },
+}
+
+/// The state of a trade at the channel (WeChat's `trade_state`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TradeState {
+    Success,
+    Refund,
+    Notpay,
+    Closed,
+    Revoked,
+    Userpaying,
+    Payerror,
+    Accept,
+}
+
+impl TradeState {
+    pub fn parse(s: &str) -> Option<TradeState> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TradeState::Success => "SUCCESS",
+            TradeState::Refund => "REFUND",
+            TradeState::Notpay => "NOTPAY",
+            TradeState::Closed => "CLOSED",
+            TradeState::Revoked => "REVOKED",
+            TradeState::Userpaying => "USERPAYING",
+            TradeState::Payerror => "PAYERROR",
+            TradeState::Accept => "ACCEPT",
+        }
+    }
+
+    /// A state the trade will not leave by itself (REFUND follows SUCCESS: it was paid).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, TradeState::Notpay | TradeState::Userpaying | TradeState::Accept)
+    }
+
+    /// The payer's money reached the merchant.
+    pub fn is_paid(&self) -> bool {
+        matches!(self, TradeState::Success | TradeState::Refund)
+    }
+}
+
+/// A trade as the channel reports it (query answer or notify), normalised across API versions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trade {
+    pub appid: String,
+    pub mchid: String,
+    pub out_trade_no: String,
+    pub transaction_id: Option<String>,
+    pub trade_state: TradeState,
+    /// The order total in fen, as the channel has it.
+    pub total_fen: Option<i64>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub success_time: Option<OffsetDateTime>,
+    pub payer_openid: Option<String>,
+}
+
+/// Why a channel call failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    /// The channel has no such order.
+    #[error("the channel has no such order")]
+    NotFound,
+    /// The channel says the order is already paid.
+    #[error("already paid at the channel")]
+    AlreadyPaid,
+    /// The channel says the order is closed.
+    #[error("closed at the channel")]
+    Closed,
+    /// The channel refused the request for good (configuration, signature, parameters).
+    #[error("channel refused: {code}: {message}")]
+    Refused { code: String, message: String },
+    /// The outcome is unknown or the channel is busy: retry, then query.
+    #[error("channel unavailable: {0}")]
+    Transient(String),
+    /// The answer did not carry a valid channel signature: it may be forged.
+    #[error("channel answer failed verification: {0}")]
+    Forged(String),
+}
+
+/// An external payment channel.
+pub trait PayChannel: Send + Sync {
+    /// Creates (or, for the same `out_trade_no` and parameters, finds again) the channel order.
+    fn prepay(&self, order: &PrepayOrder) -> impl Future<Output = Result<Prepaid, ChannelError>> + Send;
+
+    /// The trade's current state at the channel.
+    fn query(&self, out_trade_no: &str) -> impl Future<Output = Result<Trade, ChannelError>> + Send;
+
+    /// Closes an unpaid order so it can no longer be paid.
+    fn close(&self, out_trade_no: &str) -> impl Future<Output = Result<(), ChannelError>> + Send;
+
+    /// The parameters the client starts paying with, freshly signed.
+    fn pay_params(&self, prepaid: &Prepaid) -> serde_json::Value;
+}

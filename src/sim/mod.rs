@@ -1,0 +1,177 @@
+//! wechat-sim: WeChat Pay (API v2 and v3) on loopback, with its own keys, for the quick start
+//! and the tests. It verifies every request as WeChat does, signs its answers, and, on the
+//! control API's word, makes a user pay and sends the notify with WeChat's retry schedule —
+//! or a fault: a duplicate, a delay, no notify at all, a wrong amount, a forged signature, a
+//! stale timestamp, a replayed notify. It records what it received and sent.
+
+mod control;
+pub mod keys;
+mod notifier;
+mod v2;
+mod v3;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::{TradeState, TradeType};
+use keys::SimKeys;
+
+/// How the simulator runs.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SimArgs {
+    /// Where it listens.
+    #[arg(long, default_value = "127.0.0.1:9180")]
+    pub listen: SocketAddr,
+    /// Keys live here (created if missing), with payfleet.env: the fleet's settings for them.
+    #[arg(long, default_value = "target/wechat-sim")]
+    pub state_dir: PathBuf,
+    #[arg(long, default_value = "wxd930ea5d5a258f4f")]
+    pub appid: String,
+    #[arg(long, default_value = "1900000109")]
+    pub mchid: String,
+    /// The delays between notify attempts (WeChat's own: 15s 15s 30s 3m 10m 20m 30m 30m 30m 60m
+    /// 3h 3h 3h 6h 6h).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "15000,15000,30000,180000,600000,1200000,1800000,1800000,1800000,3600000,10800000,10800000,10800000,21600000,21600000"
+    )]
+    pub notify_schedule_ms: Vec<u64>,
+}
+
+/// Which API generation created an order (its notify speaks the same one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    V2,
+    V3,
+}
+
+/// An order as WeChat holds it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SimOrder {
+    pub api: Api,
+    /// v2: the sign type the order was created with (its notify uses it, without saying so).
+    pub v2_sign_type: Option<String>,
+    /// v3: the merchant named WeChat's public key (`Wechatpay-Serial: PUB_KEY_ID_…`), so its
+    /// notifies are signed with that key; otherwise with the platform certificate's.
+    pub public_key_mode: bool,
+    pub appid: String,
+    pub mchid: String,
+    pub out_trade_no: String,
+    pub description: String,
+    pub total: i64,
+    pub trade_type: TradeType,
+    pub openid: Option<String>,
+    pub notify_url: String,
+    pub prepay_id: String,
+    pub state: TradeState,
+    pub transaction_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub success_time: Option<OffsetDateTime>,
+    /// What the user actually paid (differs from `total` only under the wrong-amount fault).
+    pub paid_total: Option<i64>,
+}
+
+/// One thing the simulator received or sent.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// `request` (merchant → WeChat) or `notify` (WeChat → merchant).
+    pub kind: &'static str,
+    pub endpoint: String,
+    pub out_trade_no: Option<String>,
+    /// The HTTP status answered (requests) or received (notifies); 0 when unreachable.
+    pub status: u16,
+    pub detail: String,
+}
+
+pub struct Sim {
+    pub keys: SimKeys,
+    pub orders: Mutex<HashMap<String, SimOrder>>,
+    /// Request nonces seen (an `Authorization` replayed with the same nonce is refused).
+    nonces: Mutex<HashSet<String>>,
+    pub records: Mutex<Vec<Record>>,
+    /// Notifies sent, by out_trade_no: the last body and headers (for the replay fault).
+    sent: Mutex<HashMap<String, notifier::Sent>>,
+    schedule: Vec<Duration>,
+    http: reqwest::Client,
+    seq: AtomicU64,
+}
+
+impl Sim {
+    pub fn record(&self, kind: &'static str, endpoint: &str, out_trade_no: Option<&str>, status: u16, detail: String) {
+        self.records.lock().expect("records lock").push(Record {
+            at: OffsetDateTime::now_utc(),
+            kind,
+            endpoint: endpoint.to_owned(),
+            out_trade_no: out_trade_no.map(str::to_owned),
+            status,
+            detail,
+        });
+    }
+
+    /// A fresh id with WeChat's shape (`wx…` prepay ids, `4200…` transaction ids).
+    fn next_id(&self, prefix: &str) -> String {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let now = OffsetDateTime::now_utc();
+        format!(
+            "{prefix}{:04}{:02}{:02}{:010}{:06}",
+            now.year(),
+            u8::from(now.month()),
+            now.day(),
+            now.unix_timestamp() % 10_000_000_000,
+            n
+        )
+    }
+
+    /// Remembers a request nonce; false if it was seen before.
+    fn fresh_nonce(&self, nonce: &str) -> bool {
+        self.nonces.lock().expect("nonces lock").insert(nonce.to_owned())
+    }
+}
+
+/// Runs the simulator on `listener` until `stop`.
+pub async fn run(args: SimArgs, listener: tokio::net::TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
+    let keys = SimKeys::load_or_create(&args.state_dir, &args.appid, &args.mchid)?;
+    let sim = Arc::new(Sim {
+        keys,
+        orders: Mutex::default(),
+        nonces: Mutex::default(),
+        records: Mutex::default(),
+        sent: Mutex::default(),
+        schedule: args.notify_schedule_ms.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+        http: reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?,
+        seq: AtomicU64::new(1),
+    });
+    let app = Router::new()
+        .route("/v3/pay/transactions/{kind}", post(v3::prepay))
+        .route("/v3/pay/transactions/out-trade-no/{no}", get(v3::query))
+        .route("/v3/pay/transactions/out-trade-no/{no}/close", post(v3::close))
+        .route("/pay/unifiedorder", post(v2::unifiedorder))
+        .route("/pay/orderquery", post(v2::orderquery))
+        .route("/pay/closeorder", post(v2::closeorder))
+        .merge(control::router())
+        .with_state(sim.clone());
+    let addr = listener.local_addr()?;
+    println!("wechat-sim listening on http://{addr}");
+    println!(
+        "wechat-sim keys in {} (fleet settings: {})",
+        sim.keys.dir.display(),
+        sim.keys.dir.join("payfleet.env").display()
+    );
+    tracing::info!(%addr, "wechat-sim listening");
+    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await?;
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! The simulator's API v3: requests must carry a valid merchant `Authorization`; answers are
+//! signed with WeChat's public key when the request names it in `Wechatpay-Serial`, else with
+//! the platform certificate's key (WECHAT.md §3.2–§3.8).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::{Api, Sim, SimOrder};
+use crate::channel::{TradeState, TradeType};
+use crate::wechat::v3::client::beijing_rfc3339;
+use crate::wechat::v3::sign::{Authorization, MAX_SKEW_SECS, SCHEME, nonce, response_message, sign};
+use crate::wechat::v3::types::{Amount, CloseRequest, Payer, PrepayRequest, Transaction};
+
+/// Whether a request names WeChat's public key (public-key mode).
+fn names_public_key(sim: &Sim, request: &HeaderMap) -> bool {
+    request.get("wechatpay-serial").and_then(|v| v.to_str().ok()) == Some(sim.keys.public_key_id.as_str())
+}
+
+/// Answers signed as WeChat signs them.
+pub(super) fn signed(sim: &Sim, request: &HeaderMap, status: StatusCode, body: Vec<u8>) -> Response {
+    let wants_public_key = names_public_key(sim, request);
+    let (key, serial) = if wants_public_key {
+        (&sim.keys.wechat_key, sim.keys.public_key_id.as_str())
+    } else {
+        (&sim.keys.platform_key, sim.keys.platform_serial.as_str())
+    };
+    let timestamp = OffsetDateTime::now_utc().unix_timestamp().to_string();
+    let nonce = nonce();
+    let signature = sign(key, &response_message(&timestamp, &nonce, &body));
+    let mut response = (status, body).into_response();
+    let h = response.headers_mut();
+    let mut set = |k: &'static str, v: &str| {
+        h.insert(k, v.parse().expect("a header value"));
+    };
+    set("wechatpay-timestamp", &timestamp);
+    set("wechatpay-nonce", &nonce);
+    set("wechatpay-signature", &signature);
+    set("wechatpay-serial", serial);
+    set("wechatpay-signature-type", SCHEME);
+    set("request-id", &uuid::Uuid::new_v4().to_string());
+    if status != StatusCode::NO_CONTENT {
+        set("content-type", "application/json");
+    }
+    response
+}
+
+fn error(sim: &Sim, request: &HeaderMap, status: StatusCode, code: &str, message: &str) -> Response {
+    signed(sim, request, status, serde_json::to_vec(&json!({ "code": code, "message": message })).expect("serialises"))
+}
+
+fn ok_json(sim: &Sim, request: &HeaderMap, value: &impl serde::Serialize) -> Response {
+    signed(sim, request, StatusCode::OK, serde_json::to_vec(value).expect("serialises"))
+}
+
+/// Checks the merchant's `Authorization` as WeChat does; the refusal's message if it fails.
+fn authenticate(sim: &Sim, method: &Method, uri: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+    let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(Authorization::parse) else {
+        return Err("Authorization 格式错误或缺失");
+    };
+    if auth.mchid != sim.keys.mchid {
+        return Err("商户号与签名不匹配");
+    }
+    if auth.serial_no != sim.keys.merchant_serial {
+        return Err("商户证书序列号有误");
+    }
+    if (OffsetDateTime::now_utc().unix_timestamp() - auth.timestamp).abs() >= MAX_SKEW_SECS {
+        return Err("请求时间戳已过期");
+    }
+    let body = std::str::from_utf8(body).unwrap_or("");
+    if !auth.verifies(&sim.keys.merchant_key.to_public_key(), method.as_str(), uri, body) {
+        return Err("签名错误");
+    }
+    if !sim.fresh_nonce(&auth.nonce_str) {
+        return Err("请求重放: nonce 已使用");
+    }
+    Ok(())
+}
+
+/// Authenticates, or answers 401 SIGN_ERROR (and records the refusal).
+macro_rules! authenticated {
+    ($sim:expr, $method:expr, $path:expr, $headers:expr, $body:expr) => {
+        if let Err(message) = authenticate(&$sim, &$method, $path, &$headers, &$body) {
+            $sim.record("request", $path, None, 401, format!("SIGN_ERROR: {message}"));
+            return error(&$sim, &$headers, StatusCode::UNAUTHORIZED, "SIGN_ERROR", message);
+        }
+    };
+}
+
+fn valid_out_trade_no(no: &str) -> bool {
+    (6..=32).contains(&no.len()) && no.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b))
+}
+
+pub(super) fn transaction(order: &SimOrder) -> Transaction {
+    let paid = order.state.is_paid();
+    Transaction {
+        appid: order.appid.clone(),
+        mchid: order.mchid.clone(),
+        out_trade_no: order.out_trade_no.clone(),
+        transaction_id: order.transaction_id.clone(),
+        trade_type: Some(order.trade_type.as_str().replace("H5", "MWEB")),
+        trade_state: order.state.as_str().to_owned(),
+        trade_state_desc: match order.state {
+            TradeState::Success => "支付成功",
+            TradeState::Notpay => "未支付",
+            TradeState::Closed => "已关闭",
+            _ => "",
+        }
+        .to_owned(),
+        success_time: order.success_time.map(beijing_rfc3339),
+        payer: order.openid.clone().filter(|_| paid).map(|openid| Payer { openid }),
+        amount: Some(Amount {
+            total: order.paid_total.unwrap_or(order.total),
+            currency: Some("CNY".into()),
+            payer_total: paid.then(|| order.paid_total.unwrap_or(order.total)),
+            payer_currency: paid.then(|| "CNY".into()),
+        }),
+    }
+}
+
+pub(super) async fn prepay(
+    State(sim): State<Arc<Sim>>,
+    Path(kind): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+    authenticated!(sim, method, path, headers, body);
+    let param_error = |message: &str| error(&sim, &headers, StatusCode::BAD_REQUEST, "PARAM_ERROR", message);
+    let Ok(request) = serde_json::from_slice::<PrepayRequest>(&body) else {
+        return param_error("请求体格式错误");
+    };
+    let trade_type = match kind.as_str() {
+        "jsapi" => TradeType::Jsapi,
+        "h5" => TradeType::H5,
+        "native" => TradeType::Native,
+        "app" => TradeType::App,
+        _ => return error(&sim, &headers, StatusCode::NOT_FOUND, "RESOURCE_NOT_EXISTS", "无此接口"),
+    };
+    if request.mchid != sim.keys.mchid || request.appid != sim.keys.appid {
+        return error(&sim, &headers, StatusCode::BAD_REQUEST, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配");
+    }
+    if !valid_out_trade_no(&request.out_trade_no) {
+        return param_error("out_trade_no 格式错误");
+    }
+    if request.amount.total <= 0 {
+        return param_error("amount.total 必须大于0");
+    }
+    if request.description.is_empty() || request.description.chars().count() > 127 {
+        return param_error("description 长度有误");
+    }
+    if !(request.notify_url.starts_with("http://") || request.notify_url.starts_with("https://")) {
+        return param_error("notify_url 格式错误");
+    }
+    let openid = request.payer.as_ref().map(|p| p.openid.clone()).filter(|o| !o.is_empty());
+    if trade_type == TradeType::Jsapi && openid.is_none() {
+        return param_error("JSAPI 下单需要 payer.openid");
+    }
+    if trade_type == TradeType::H5 && request.scene_info.as_ref().and_then(|s| s.h5_info.as_ref()).is_none() {
+        return param_error("H5 下单需要 scene_info.h5_info");
+    }
+
+    let no = request.out_trade_no.clone();
+    let answer = {
+        let mut orders = sim.orders.lock().expect("orders lock");
+        match orders.get(&no) {
+            Some(o) if o.state.is_paid() => Err(("ORDERPAID", StatusCode::FORBIDDEN, "该订单已支付")),
+            Some(o) if o.state == TradeState::Closed => Err(("ORDER_CLOSED", StatusCode::BAD_REQUEST, "订单已关闭")),
+            Some(o) if o.total != request.amount.total || o.trade_type != trade_type => {
+                Err(("OUT_TRADE_NO_USED", StatusCode::FORBIDDEN, "商户订单号重复"))
+            }
+            Some(o) => Ok(o.prepay_id.clone()),
+            None => {
+                let prepay_id = sim.next_id("wx");
+                orders.insert(
+                    no.clone(),
+                    SimOrder {
+                        api: Api::V3,
+                        v2_sign_type: None,
+                        public_key_mode: names_public_key(&sim, &headers),
+                        appid: request.appid.clone(),
+                        mchid: request.mchid.clone(),
+                        out_trade_no: no.clone(),
+                        description: request.description.clone(),
+                        total: request.amount.total,
+                        trade_type,
+                        openid,
+                        notify_url: request.notify_url.clone(),
+                        prepay_id: prepay_id.clone(),
+                        state: TradeState::Notpay,
+                        transaction_id: None,
+                        success_time: None,
+                        paid_total: None,
+                    },
+                );
+                Ok(prepay_id)
+            }
+        }
+    };
+    match answer {
+        Err((code, status, message)) => {
+            sim.record("request", path, Some(&no), status.as_u16(), code.into());
+            error(&sim, &headers, status, code, message)
+        }
+        Ok(prepay_id) => {
+            sim.record("request", path, Some(&no), 200, format!("prepay {prepay_id}"));
+            match trade_type {
+                TradeType::Jsapi | TradeType::App => ok_json(&sim, &headers, &json!({ "prepay_id": prepay_id })),
+                TradeType::H5 => ok_json(
+                    &sim,
+                    &headers,
+                    &json!({ "h5_url": format!("https://wx.tenpay.com/cgi-bin/mmpayweb-bin/checkmweb?prepay_id={prepay_id}&package=2150917749") }),
+                ),
+                TradeType::Native => {
+                    ok_json(&sim, &headers, &json!({ "code_url": format!("weixin://wxpay/bizpayurl?pr={prepay_id}") }))
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn query(
+    State(sim): State<Arc<Sim>>,
+    Path(no): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+    authenticated!(sim, method, path, headers, body);
+    if uri.query().unwrap_or("") != format!("mchid={}", sim.keys.mchid) {
+        return error(&sim, &headers, StatusCode::BAD_REQUEST, "PARAM_ERROR", "mchid 参数有误");
+    }
+    let order = sim.orders.lock().expect("orders lock").get(&no).cloned();
+    sim.record("request", path, Some(&no), if order.is_some() { 200 } else { 404 }, "query".into());
+    match order {
+        Some(order) => ok_json(&sim, &headers, &transaction(&order)),
+        None => error(&sim, &headers, StatusCode::NOT_FOUND, "ORDER_NOT_EXIST", "订单不存在"),
+    }
+}
+
+pub(super) async fn close(
+    State(sim): State<Arc<Sim>>,
+    Path(no): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+    authenticated!(sim, method, path, headers, body);
+    match serde_json::from_slice::<CloseRequest>(&body) {
+        Ok(r) if r.mchid == sim.keys.mchid => {}
+        _ => return error(&sim, &headers, StatusCode::BAD_REQUEST, "PARAM_ERROR", "mchid 有误"),
+    }
+    let outcome = {
+        let mut orders = sim.orders.lock().expect("orders lock");
+        match orders.get_mut(&no) {
+            None => Err((StatusCode::NOT_FOUND, "ORDER_NOT_EXIST", "订单不存在")),
+            Some(o) if o.state.is_paid() => Err((StatusCode::BAD_REQUEST, "ORDERPAID", "订单已支付")),
+            Some(o) => {
+                o.state = TradeState::Closed;
+                Ok(())
+            }
+        }
+    };
+    match outcome {
+        Ok(()) => {
+            sim.record("request", path, Some(&no), 204, "closed".into());
+            signed(&sim, &headers, StatusCode::NO_CONTENT, Vec::new())
+        }
+        Err((status, code, message)) => {
+            sim.record("request", path, Some(&no), status.as_u16(), code.into());
+            error(&sim, &headers, status, code, message)
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! The API v2 client: XML requests signed with the APIv2 key (MD5 or HMAC-SHA256), answers and
+//! notifies verified the same way (WECHAT.md §2).
+
+use std::collections::BTreeMap;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
+
+use super::sign::{SignType, sign, verify};
+use super::xml;
+use crate::channel::{ChannelError, PayChannel, Prepaid, PrepayOrder, Trade, TradeState, TradeType};
+use crate::wechat::v3::sign::nonce;
+
+pub struct Client {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) appid: String,
+    pub(crate) mchid: String,
+    pub(crate) notify_url: String,
+    pub(crate) key: SecretString,
+    /// The sign type of requests, and of notifies that do not name one.
+    pub(crate) sign_type: SignType,
+}
+
+/// A verified v2 pay notify.
+#[derive(Clone, Debug)]
+pub struct VerifiedNotify {
+    /// v2 notifies have no id of their own: the transaction id names the event.
+    pub id: String,
+    pub trade: Trade,
+}
+
+const BEIJING: UtcOffset = match UtcOffset::from_hms(8, 0, 0) {
+    Ok(offset) => offset,
+    Err(_) => panic!("a valid offset"),
+};
+
+/// `yyyyMMddHHmmss` in Beijing time.
+pub fn beijing_compact(t: OffsetDateTime) -> String {
+    let t = t.to_offset(BEIJING);
+    format!("{:04}{:02}{:02}{:02}{:02}{:02}", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute(), t.second())
+}
+
+/// Parses `yyyyMMddHHmmss` (Beijing time).
+pub fn parse_beijing_compact(s: &str) -> Option<OffsetDateTime> {
+    let format = time::macros::format_description!("[year][month][day][hour][minute][second]");
+    Some(PrimitiveDateTime::parse(s, &format).ok()?.assume_offset(BEIJING))
+}
+
+impl Client {
+    fn signed(&self, mut fields: BTreeMap<String, String>) -> BTreeMap<String, String> {
+        fields.insert("appid".into(), self.appid.clone());
+        fields.insert("mch_id".into(), self.mchid.clone());
+        fields.insert("nonce_str".into(), nonce());
+        if self.sign_type == SignType::HmacSha256 {
+            fields.insert("sign_type".into(), self.sign_type.as_str().into());
+        }
+        let signature = sign(&fields, self.key.expose_secret(), self.sign_type);
+        fields.insert("sign".into(), signature);
+        fields
+    }
+
+    /// Posts a signed request; answers the verified fields of a business success.
+    async fn call(
+        &self,
+        path: &str,
+        fields: BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, ChannelError> {
+        let body = xml::write(&self.signed(fields));
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "text/xml; charset=utf-8")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ChannelError::Transient(format!("WeChat Pay unreachable: {e}")))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| ChannelError::Transient(e.to_string()))?;
+        if !status.is_success() {
+            return Err(ChannelError::Transient(format!("HTTP {status}: {text}")));
+        }
+        let answer = xml::read(&text).map_err(|e| ChannelError::Transient(format!("unreadable answer: {e}")))?;
+        if answer.get("return_code").map(String::as_str) != Some("SUCCESS") {
+            let message = answer.get("return_msg").cloned().unwrap_or_default();
+            return Err(ChannelError::Refused { code: "FAIL".into(), message });
+        }
+        let answer_type = answer.get("sign_type").and_then(|t| SignType::parse(t)).unwrap_or(self.sign_type);
+        if !verify(&answer, self.key.expose_secret(), answer_type) {
+            return Err(ChannelError::Forged("the answer's sign does not verify".into()));
+        }
+        if answer.get("result_code").map(String::as_str) != Some("SUCCESS") {
+            let code = answer.get("err_code").cloned().unwrap_or_default();
+            let message = answer.get("err_code_des").cloned().unwrap_or_default();
+            return Err(match code.as_str() {
+                "ORDERNOTEXIST" => ChannelError::NotFound,
+                "ORDERPAID" => ChannelError::AlreadyPaid,
+                "ORDERCLOSED" => ChannelError::Closed,
+                "SYSTEMERROR" | "BANKERROR" | "FREQUENCY_LIMITED" | "BIZERR_NEED_RETRY" => {
+                    ChannelError::Transient(format!("{code}: {message}"))
+                }
+                _ => ChannelError::Refused { code, message },
+            });
+        }
+        Ok(answer)
+    }
+
+    /// Verifies a v2 pay notify (XML). The sign type is the notify's own `sign_type`, or the
+    /// one orders are created with (WeChat often omits it for HMAC-SHA256 orders).
+    pub fn verify_notify(&self, body: &str) -> Result<VerifiedNotify, String> {
+        let fields = xml::read(body).map_err(|e| e.to_string())?;
+        let sign_type = fields.get("sign_type").and_then(|t| SignType::parse(t)).unwrap_or(self.sign_type);
+        if !verify(&fields, self.key.expose_secret(), sign_type) {
+            return Err("sign does not verify".into());
+        }
+        if fields.get("return_code").map(String::as_str) != Some("SUCCESS") {
+            return Err(format!("return_code {:?}", fields.get("return_code")));
+        }
+        let trade = to_trade(&fields)?;
+        let id = trade.transaction_id.clone().unwrap_or_else(|| format!("v2:{}", trade.out_trade_no));
+        Ok(VerifiedNotify { id, trade })
+    }
+}
+
+/// The fields of a v2 query answer or pay notify as a `Trade`.
+pub fn to_trade(f: &BTreeMap<String, String>) -> Result<Trade, String> {
+    let get = |k: &str| f.get(k).filter(|v| !v.is_empty()).cloned();
+    // A pay notify has no trade_state: its result_code says it.
+    let state = match get("trade_state") {
+        Some(s) => TradeState::parse(&s).ok_or_else(|| format!("unknown trade_state {s}"))?,
+        None if get("result_code").as_deref() == Some("SUCCESS") => TradeState::Success,
+        None => TradeState::Payerror,
+    };
+    Ok(Trade {
+        appid: get("appid").unwrap_or_default(),
+        mchid: get("mch_id").unwrap_or_default(),
+        out_trade_no: get("out_trade_no").ok_or("no out_trade_no")?,
+        transaction_id: get("transaction_id"),
+        trade_state: state,
+        total_fen: get("total_fee").map(|v| v.parse::<i64>().map_err(|_| format!("total_fee {v:?}"))).transpose()?,
+        success_time: get("time_end").and_then(|t| parse_beijing_compact(&t)),
+        payer_openid: get("openid"),
+    })
+}
+
+fn fields(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
+    pairs.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+}
+
+impl PayChannel for Client {
+    async fn prepay(&self, order: &PrepayOrder) -> Result<Prepaid, ChannelError> {
+        let trade_type = match order.trade_type {
+            TradeType::Jsapi => "JSAPI",
+            TradeType::H5 => "MWEB",
+            TradeType::Native => "NATIVE",
+            TradeType::App => "APP",
+        };
+        let request = fields(&[
+            ("body", order.description.clone()),
+            ("out_trade_no", order.out_trade_no.clone()),
+            ("total_fee", order.amount.to_fen().to_string()),
+            ("fee_type", "CNY".into()),
+            ("spbill_create_ip", order.client_ip.clone()),
+            ("time_expire", beijing_compact(order.expires_at)),
+            ("notify_url", self.notify_url.clone()),
+            ("trade_type", trade_type.into()),
+            (
+                "openid",
+                if order.trade_type == TradeType::Jsapi {
+                    order.openid.clone().unwrap_or_default()
+                } else {
+                    String::new()
+                },
+            ),
+            (
+                "product_id",
+                if order.trade_type == TradeType::Native { order.out_trade_no.clone() } else { String::new() },
+            ),
+            (
+                "scene_info",
+                if order.trade_type == TradeType::H5 {
+                    r#"{"h5_info":{"type":"Wap"}}"#.to_owned()
+                } else {
+                    String::new()
+                },
+            ),
+        ]);
+        let answer = self.call("/pay/unifiedorder", request).await?;
+        let get = |k: &str| {
+            answer
+                .get(k)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .ok_or_else(|| ChannelError::Transient(format!("the answer lacks {k}")))
+        };
+        Ok(match order.trade_type {
+            TradeType::Jsapi => Prepaid::Jsapi { prepay_id: get("prepay_id")? },
+            TradeType::App => Prepaid::App { prepay_id: get("prepay_id")? },
+            TradeType::H5 => Prepaid::H5 { h5_url: get("mweb_url")? },
+            TradeType::Native => Prepaid::Native { code_url: get("code_url")? },
+        })
+    }
+
+    async fn query(&self, out_trade_no: &str) -> Result<Trade, ChannelError> {
+        let answer = self.call("/pay/orderquery", fields(&[("out_trade_no", out_trade_no.to_owned())])).await?;
+        to_trade(&answer).map_err(ChannelError::Transient)
+    }
+
+    async fn close(&self, out_trade_no: &str) -> Result<(), ChannelError> {
+        self.call("/pay/closeorder", fields(&[("out_trade_no", out_trade_no.to_owned())])).await.map(drop)
+    }
+
+    fn pay_params(&self, prepaid: &Prepaid) -> Value {
+        let timestamp = OffsetDateTime::now_utc().unix_timestamp().to_string();
+        let nonce = nonce();
+        let key = self.key.expose_secret();
+        match prepaid {
+            // The paySign uses the sign type the order was created with.
+            Prepaid::Jsapi { prepay_id } => {
+                let params = fields(&[
+                    ("appId", self.appid.clone()),
+                    ("timeStamp", timestamp),
+                    ("nonceStr", nonce),
+                    ("package", format!("prepay_id={prepay_id}")),
+                    ("signType", self.sign_type.as_str().to_owned()),
+                ]);
+                let pay_sign = sign(&params, key, self.sign_type);
+                let mut out = json!(params);
+                out["paySign"] = json!(pay_sign);
+                out["is_weixin"] = json!(1);
+                out
+            }
+            Prepaid::App { prepay_id } => {
+                let params = fields(&[
+                    ("appid", self.appid.clone()),
+                    ("partnerid", self.mchid.clone()),
+                    ("prepayid", prepay_id.clone()),
+                    ("package", "Sign=WXPay".into()),
+                    ("noncestr", nonce),
+                    ("timestamp", timestamp),
+                ]);
+                let signature = sign(&params, key, self.sign_type);
+                let mut out = json!(params);
+                out["sign"] = json!(signature);
+                out["is_weixin"] = json!(0);
+                out
+            }
+            Prepaid::H5 { h5_url } => json!({ "h5_url": h5_url, "is_weixin": 0 }),
+            Prepaid::Native { code_url } => json!({ "code_url": code_url, "is_weixin": 0 }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn beijing_times_round_trip() {
+        let t = OffsetDateTime::from_unix_timestamp(1_704_067_200).unwrap(); // 2024-01-01 00:00 UTC
+        assert_eq!(beijing_compact(t), "20240101080000");
+        assert_eq!(parse_beijing_compact("20240101080000"), Some(t));
+        assert_eq!(parse_beijing_compact("2024-01-01"), None);
+    }
+
+    #[test]
+    fn a_notify_is_a_trade() {
+        let f: BTreeMap<String, String> = [
+            ("appid", "wx1"),
+            ("mch_id", "10000100"),
+            ("result_code", "SUCCESS"),
+            ("out_trade_no", "WX1"),
+            ("transaction_id", "4200"),
+            ("total_fee", "1000"),
+            ("time_end", "20240101080000"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()))
+        .into();
+        let t = to_trade(&f).unwrap();
+        assert_eq!((t.trade_state, t.total_fen, t.mchid.as_str()), (TradeState::Success, Some(1000), "10000100"));
+        let mut bad = f.clone();
+        bad.insert("total_fee".into(), "10.00".into());
+        assert!(to_trade(&bad).is_err(), "fen are integers");
+    }
+}

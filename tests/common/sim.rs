@@ -1,0 +1,93 @@
+//! wechat-sim in the test process: its own port, keys in a temporary directory, a quick notify
+//! schedule.
+
+use std::path::PathBuf;
+
+use payfleet::sim::SimArgs;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub struct SimHandle {
+    pub url: String,
+    pub dir: PathBuf,
+    /// The PAYFLEET__WECHAT__… settings that point the fleet at this simulator.
+    pub env: Vec<(String, String)>,
+    http: reqwest::Client,
+    stop: CancellationToken,
+}
+
+impl SimHandle {
+    /// Starts a simulator; `schedule_ms` are its notify retry delays.
+    pub async fn start(schedule_ms: &[u64]) -> SimHandle {
+        let dir = std::env::temp_dir().join(format!("payfleet-sim-{}", uuid::Uuid::new_v4().simple()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let args = SimArgs {
+            listen: listener.local_addr().unwrap(),
+            state_dir: dir.clone(),
+            appid: "wxd930ea5d5a258f4f".into(),
+            mchid: "1900000109".into(),
+            notify_schedule_ms: schedule_ms.to_vec(),
+        };
+        let stop = CancellationToken::new();
+        let stop_sim = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = payfleet::sim::run(args, listener, stop_sim).await {
+                panic!("wechat-sim failed: {e:#}");
+            }
+        });
+        let http = reqwest::Client::new();
+        // Generating its keys takes a moment; the bound port queues the request meanwhile.
+        let health = http.get(format!("{url}/sim/health")).timeout(std::time::Duration::from_secs(60)).send().await;
+        assert!(health.is_ok_and(|r| r.status() == 200), "wechat-sim did not start");
+        let env_text = std::fs::read_to_string(dir.join("payfleet.env")).unwrap();
+        let mut env: Vec<(String, String)> =
+            env_text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        env.push(("PAYFLEET__WECHAT__API_BASE".into(), url.clone()));
+        env.push(("PAYFLEET__WECHAT__MP_API_BASE".into(), url.clone()));
+        SimHandle { url, dir, env, http, stop }
+    }
+
+    pub async fn pay(&self, out_trade_no: &str, fault: Option<&str>) -> reqwest::Response {
+        let body = json!({ "out_trade_no": out_trade_no, "fault": fault, "delay_ms": 300 });
+        self.http.post(format!("{}/sim/pay", self.url)).json(&body).send().await.unwrap()
+    }
+
+    /// Sends a forged notify; answers the status the merchant answered.
+    pub async fn forge(&self, out_trade_no: &str, forgery: &str) -> u16 {
+        let body = json!({ "out_trade_no": out_trade_no, "forgery": forgery });
+        let r: Value =
+            self.http.post(format!("{}/sim/forge", self.url)).json(&body).send().await.unwrap().json().await.unwrap();
+        r["merchant_status"].as_u64().unwrap_or_else(|| panic!("forge failed: {r}")) as u16
+    }
+
+    pub async fn order(&self, out_trade_no: &str) -> Option<Value> {
+        let r = self.http.get(format!("{}/sim/orders/{out_trade_no}", self.url)).send().await.unwrap();
+        if r.status() == 200 { Some(r.json().await.unwrap()) } else { None }
+    }
+
+    /// The notifies sent for an order: (status the merchant answered, detail).
+    pub async fn notifies(&self, out_trade_no: &str) -> Vec<(u16, String)> {
+        let records: Vec<Value> = self
+            .http
+            .get(format!("{}/sim/records?out_trade_no={out_trade_no}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        records
+            .iter()
+            .filter(|r| r["kind"] == "notify")
+            .map(|r| (r["status"].as_u64().unwrap_or(0) as u16, r["detail"].as_str().unwrap_or("").to_owned()))
+            .collect()
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
