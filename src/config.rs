@@ -45,7 +45,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub auth: AuthSettings,
     pub pay: PaySettings,
-    pub pay_worker: PayWorkerSettings,
+    pub pay_worker: WorkerSettings,
+    pub notify_worker: WorkerSettings,
     pub outbox: OutboxSettings,
     pub wechat: WechatSettings,
     pub log: LogSettings,
@@ -135,7 +136,7 @@ pub struct PaySettings {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PayWorkerSettings {
+pub struct WorkerSettings {
     pub prefetch: u16,
     pub concurrency: usize,
     pub batch_max: usize,
@@ -280,17 +281,19 @@ impl Settings {
         if self.pay.password_max_attempts == 0 {
             return bad("pay.password_max_attempts", "must be at least 1");
         }
-        if self.pay_worker.prefetch == 0 || self.pay_worker.concurrency == 0 || self.pay_worker.batch_max == 0 {
-            return bad("pay_worker", "prefetch, concurrency and batch_max must be at least 1");
+        for (key, worker) in [("pay_worker", &self.pay_worker), ("notify_worker", &self.notify_worker)] {
+            if worker.prefetch == 0 || worker.concurrency == 0 || worker.batch_max == 0 {
+                return bad(key, "prefetch, concurrency and batch_max must be at least 1");
+            }
+            if !worker.health_listen.is_empty() && worker.health_listen.parse::<SocketAddr>().is_err() {
+                return bad(key, "health_listen must be empty or an address like 127.0.0.1:9090");
+            }
         }
         if self.broker.retry_delays_ms.is_empty() || self.broker.retry_delays_ms.contains(&0) {
             return bad("broker.retry_delays_ms", "needs at least one delay, none of them zero");
         }
         if self.broker.notice_retry_delays_ms.is_empty() || self.broker.notice_retry_delays_ms.contains(&0) {
             return bad("broker.notice_retry_delays_ms", "needs at least one delay, none of them zero");
-        }
-        if !self.pay_worker.health_listen.is_empty() && self.pay_worker.health_listen.parse::<SocketAddr>().is_err() {
-            return bad("pay_worker.health_listen", "must be empty or an address like 127.0.0.1:9090");
         }
         if !matches!(self.wechat.v2_sign_type.as_str(), "MD5" | "HMAC-SHA256") {
             return bad("wechat.v2_sign_type", "must be MD5 or HMAC-SHA256");

@@ -1,6 +1,7 @@
 //! Redis, the fleet's short-lived state: pay-password attempt counters, SMS codes, and (later)
 //! notify nonces. Only this module talks to Redis; every key carries `redis.key_prefix`.
 
+mod notify_nonce;
 mod password_attempts;
 mod refusals;
 mod sms_code;

@@ -14,6 +14,8 @@ use tokio::sync::watch;
 
 pub const INGRESS: &str = "payfleet-ingress";
 pub const PAY_WORKER: &str = "payfleet-pay-worker";
+pub const NOTIFY_WORKER: &str = "payfleet-notify-worker";
+pub const WECHAT_SIM: &str = "wechat-sim";
 
 /// Where children's log lines go.
 #[derive(Clone)]
@@ -55,24 +57,35 @@ pub struct Fleet {
     env: HashMap<String, String>,
     logs: Logs,
     children: Vec<(String, Child)>,
-    /// The ingress's base URL, once it printed its listening line.
-    ingress_url: watch::Receiver<Option<String>>,
-    ingress_url_tx: watch::Sender<Option<String>>,
+    /// The base URLs the children printed ("<binary> listening on <url>"), by binary.
+    urls: watch::Receiver<HashMap<String, String>>,
+    urls_tx: watch::Sender<HashMap<String, String>>,
 }
 
 impl Fleet {
     pub fn new(bin_dir: PathBuf, env: HashMap<String, String>, logs: Logs) -> Fleet {
-        let (ingress_url_tx, ingress_url) = watch::channel(None);
-        Fleet { bin_dir, env, logs, children: Vec::new(), ingress_url, ingress_url_tx }
+        let (urls_tx, urls) = watch::channel(HashMap::new());
+        Fleet { bin_dir, env, logs, children: Vec::new(), urls, urls_tx }
+    }
+
+    /// Sets a variable every child started from now on gets.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.insert(key.to_owned(), value.to_owned());
     }
 
     /// Starts one more copy of `binary`, with `extra` variables on top of the fleet's.
     pub fn spawn(&mut self, binary: &str, extra: &[(&str, &str)]) -> anyhow::Result<u32> {
+        self.spawn_with_args(binary, &[], extra)
+    }
+
+    /// `spawn` with command-line arguments.
+    pub fn spawn_with_args(&mut self, binary: &str, args: &[String], extra: &[(&str, &str)]) -> anyhow::Result<u32> {
         let path = self.bin_dir.join(binary);
         if !path.exists() {
             bail!("{} not found; build the fleet with `cargo build --release --bins`", path.display());
         }
         let mut command = Command::new(&path);
+        command.args(args);
         command.envs(&self.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         for (k, v) in extra {
             command.env(k, v);
@@ -80,13 +93,8 @@ impl Fleet {
         let mut child = command.spawn().with_context(|| format!("starting {}", path.display()))?;
         let pid = child.id().unwrap_or_default();
         let short = binary.trim_start_matches("payfleet-").to_owned();
-        let is_ingress = binary == INGRESS;
-        forward(
-            child.stdout.take().expect("piped"),
-            short.clone(),
-            self.logs.clone(),
-            is_ingress.then(|| self.ingress_url_tx.clone()),
-        );
+        let listening = Some((binary.to_owned(), self.urls_tx.clone()));
+        forward(child.stdout.take().expect("piped"), short.clone(), self.logs.clone(), listening);
         forward(child.stderr.take().expect("piped"), short.clone(), self.logs.clone(), None);
         self.children.push((binary.to_owned(), child));
         Ok(pid)
@@ -94,11 +102,16 @@ impl Fleet {
 
     /// Waits for the ingress to print its address, and answers it as `http://host:port`.
     pub async fn ingress_url(&mut self, within: Duration) -> anyhow::Result<String> {
-        let url = tokio::time::timeout(within, self.ingress_url.wait_for(Option::is_some))
+        self.url_of(INGRESS, within).await
+    }
+
+    /// Waits for `binary` to print "<binary> listening on <url>", and answers the URL.
+    pub async fn url_of(&mut self, binary: &str, within: Duration) -> anyhow::Result<String> {
+        let urls = tokio::time::timeout(within, self.urls.wait_for(|urls| urls.contains_key(binary)))
             .await
-            .context("the ingress did not start listening in time (is its port taken? see its log)")?
-            .context("ingress log closed")?;
-        Ok(url.clone().expect("waited for Some"))
+            .with_context(|| format!("{binary} did not start listening in time (is its port taken? see its log)"))?
+            .with_context(|| format!("{binary} log closed"))?;
+        Ok(urls[binary].clone())
     }
 
     /// The process ids of the running copies of `binary`.
@@ -149,17 +162,22 @@ impl Fleet {
     }
 }
 
+/// Copies a child's output to the logs, noting the URL of a "<binary> listening on <url>" line.
 fn forward(
     stream: impl AsyncRead + Unpin + Send + 'static,
     who: String,
     logs: Logs,
-    url: Option<watch::Sender<Option<String>>>,
+    listening: Option<(String, watch::Sender<HashMap<String, String>>)>,
 ) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if let (Some(url_tx), Some(addr)) = (&url, line.strip_prefix("payfleet-ingress listening on ")) {
-                let _ = url_tx.send(Some(addr.trim().to_owned()));
+            if let Some((binary, urls)) = &listening
+                && let Some(url) = line.strip_prefix(&format!("{binary} listening on "))
+            {
+                urls.send_modify(|urls| {
+                    urls.insert(binary.clone(), url.trim().to_owned());
+                });
             }
             logs.write(&who, &line);
         }

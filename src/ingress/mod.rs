@@ -7,6 +7,7 @@ pub mod health;
 mod orders;
 mod payment;
 mod user;
+mod wechat;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,10 @@ pub struct AppState {
     pub pay: Arc<PaySettings>,
     /// How long a pay request waits for the worker before answering 202.
     pub reply_timeout: Duration,
+    /// None when WeChat Pay is not configured.
+    pub wechat: Option<Arc<crate::wechat::Wechat>>,
+    /// A WeChat payment waiting longer than this is queried when its status is read.
+    pub wechat_query_after: Duration,
 }
 
 /// The id of one HTTP request: logged on every line, returned in `x-request-id`, and used as
@@ -61,6 +66,8 @@ impl AppState {
             passwords: PasswordHasher::new(settings.pay.password_pepper()?, settings.pay.bcrypt_cost),
             pay: Arc::new(settings.pay.clone()),
             reply_timeout: settings.ingress.reply_timeout(),
+            wechat: crate::wechat::Wechat::from_settings_optional(&settings.wechat)?.map(Arc::new),
+            wechat_query_after: Duration::from_secs(settings.wechat.query_after_secs),
         })
     }
 }
@@ -70,6 +77,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(orders::router())
         .merge(payment::router())
         .merge(user::router())
+        .merge(wechat::router())
         .merge(health::router())
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {

@@ -93,11 +93,11 @@ async fn pay_money2(
     submit(&app, request_id, user_id, body.order_no, PayMethod::Money2, amount, amount, None).await
 }
 
-/// Publishes the request and turns the worker's reply (or its absence) into the answer.
+/// An internal-asset pay request.
 #[allow(clippy::too_many_arguments)]
 async fn submit(
     app: &AppState,
-    RequestId(request_id): RequestId,
+    request_id: RequestId,
     user_id: i64,
     order_no: String,
     method: PayMethod,
@@ -106,7 +106,7 @@ async fn submit(
     sealed_password: Option<String>,
 ) -> Result<Response> {
     let request = PayRequested::Asset(AssetPayRequested {
-        request_id,
+        request_id: request_id.0,
         user_id,
         order_no: order_no.clone(),
         method,
@@ -115,7 +115,26 @@ async fn submit(
         sealed_password,
         requested_at: OffsetDateTime::now_utc(),
     });
-    let body = serde_json::to_vec(&request).map_err(|e| ApiError::internal(&e))?;
+    let reply = call_pay_worker(app, request_id, &order_no, &request).await?;
+    match reply {
+        Some(PayReplied::Paid(receipt)) => Ok(paid(&order_no, &receipt)),
+        Some(PayReplied::Refused(refusal)) => Err(refusal.into()),
+        Some(PayReplied::Prepaid(_)) => {
+            Err(ApiError::internal(&"the pay-worker answered an asset payment with pay params"))
+        }
+        None => Ok(processing(&order_no)),
+    }
+}
+
+/// Publishes a pay request and waits for the pay-worker's answer: None when it did not come in
+/// time (the request is queued and will be handled; answer 202).
+pub(super) async fn call_pay_worker(
+    app: &AppState,
+    RequestId(request_id): RequestId,
+    order_no: &str,
+    request: &PayRequested,
+) -> Result<Option<PayReplied>> {
+    let body = serde_json::to_vec(request).map_err(|e| ApiError::internal(&e))?;
     let message_id = request_id.to_string();
     let out = Outgoing {
         queue: PAY_REQUESTS,
@@ -126,11 +145,12 @@ async fn submit(
     };
     match app.rpc.call(&out, app.reply_timeout).await {
         Ok(Called::Replied(reply)) => match serde_json::from_slice::<PayReplied>(&reply) {
-            Ok(PayReplied::Paid(receipt)) => Ok(paid(&order_no, &receipt)),
-            Ok(PayReplied::Refused(refusal)) => Err(refusal.into()),
-            Err(e) => Err(ApiError::uncertain(&format_args!("unreadable reply from the pay-worker: {e}"))),
+            Ok(reply) => Ok(Some(reply)),
+            Err(e) => {
+                Err(ApiError::uncertain(&format_args!("unreadable reply from the pay-worker for {order_no}: {e}")))
+            }
         },
-        Ok(Called::TimedOut) => Ok(processing(&order_no)),
+        Ok(Called::TimedOut) => Ok(None),
         Err(e @ MqError::Unconfirmed(_)) => Err(ApiError::uncertain(&e)),
         Err(e) => Err(ApiError::unavailable(&e)),
     }
@@ -155,7 +175,7 @@ fn paid(order_no: &str, receipt: &Receipt) -> Response {
 }
 
 /// 202: the request is safely queued but not settled yet.
-fn processing(order_no: &str) -> Response {
+pub(super) fn processing(order_no: &str) -> Response {
     let body = json!({
         "status": 1,
         "msg": "payment accepted and processing; poll status_url for the result",
@@ -178,9 +198,15 @@ async fn status(
     let order = crate::store::orders::find_for_user(&app.db, &order_no, user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("order"))?;
+    let paying = order.payments.iter().any(|p| p.method == PayMethod::Wechat && p.status == "PAYING");
     let pay_status = match order.status {
         OrderStatus::Paid => "SUCCESS",
         OrderStatus::Closed => "CLOSED",
+        OrderStatus::Unpaid if paying => {
+            // A WeChat payment waiting too long: ask WeChat, in case its notify was lost.
+            super::wechat::sync_status(&app, &order_no).await;
+            "PAYING"
+        }
         OrderStatus::Unpaid if order.expires_at <= OffsetDateTime::now_utc() => "CLOSED",
         OrderStatus::Unpaid => "PENDING",
     };
@@ -219,7 +245,7 @@ async fn status(
 }
 
 /// An amount field of a pay request: positive, two decimals at most, within `pay.max_amount`.
-fn payment_amount(app: &AppState, field: &str, raw: &str) -> Result<Money> {
+pub(super) fn payment_amount(app: &AppState, field: &str, raw: &str) -> Result<Money> {
     let amount = parse_money(field, raw)?;
     if amount.is_zero() {
         return Err(ApiError::validation(format!("{field} must be above zero")));
@@ -242,7 +268,7 @@ fn parse_money(field: &str, raw: &str) -> Result<Money> {
 }
 
 /// Order numbers are short and plain; anything else cannot name an order.
-fn check_order_no(order_no: &str) -> Result<()> {
+pub(super) fn check_order_no(order_no: &str) -> Result<()> {
     if order_no.is_empty() || order_no.len() > 64 || !order_no.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(ApiError::new(Code::Validation, "order_no must be 1 to 64 letters or digits"));
     }

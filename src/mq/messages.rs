@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::channel::{Trade, TradeType};
 use crate::domain::payment::{Receipt, Refusal};
 use crate::domain::{GoodsKind, Money, PayMethod};
 
@@ -18,6 +19,24 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub enum PayRequested {
     /// Pay a whole order from one internal asset (balance, integral or money2).
     Asset(AssetPayRequested),
+    /// Create (or reuse) the WeChat payment of an order and answer the client's pay params.
+    WechatCreate(WechatCreateRequested),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WechatCreateRequested {
+    pub request_id: Uuid,
+    pub user_id: i64,
+    pub order_no: String,
+    /// The order amount the payer confirmed, in yuan.
+    pub amount: Money,
+    pub description: String,
+    pub trade_type: TradeType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openid: Option<String>,
+    pub client_ip: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +63,46 @@ pub struct AssetPayRequested {
 pub enum PayReplied {
     Paid(Receipt),
     Refused(Refusal),
+    /// A WeChat payment is ready: the client pays with these params.
+    Prepaid(PrepaidReply),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepaidReply {
+    pub order_no: String,
+    /// Our number of the payment, the channel's `out_trade_no`.
+    pub pay_no: String,
+    pub pay_params: serde_json::Value,
+}
+
+/// Where a trade report came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TradeSource {
+    /// A verified notify from WeChat.
+    Notify,
+    /// Our own query at WeChat (status sync, timeout check, a prepay that said "already paid").
+    Query,
+}
+
+/// WeChat reported a trade: published to `wechat.notify` by the ingress (a verified notify) or
+/// through the outbox (a query answer); the notify-worker settles the payment from it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TradeReported {
+    pub source: TradeSource,
+    /// WeChat's notify id, or an id of our own for a query answer.
+    pub report_id: String,
+    pub event_type: String,
+    pub trade: Trade,
+    /// The notify body as received (decrypted resource for v3), for the record.
+    pub raw: String,
+}
+
+/// An order's pay time ran out: published when the order is created, delayed until then in
+/// `pay.timeout.wait`, handled by the pay-worker from `pay.timeout`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayTimeoutDue {
+    pub order_no: String,
 }
 
 /// An order was paid: written to the outbox in the paying transaction, relayed to

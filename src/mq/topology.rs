@@ -26,6 +26,8 @@ pub const ORDER_NOTIFY: &str = "order.notify";
 pub const SHIPPING_NOTICE: &str = "shipping.notice";
 /// Unpaid-order expiry checks.
 pub const PAY_TIMEOUT: &str = "pay.timeout";
+/// Where expiry checks wait (per-message TTL = the order's pay time) before `pay.timeout`.
+pub const PAY_TIMEOUT_WAIT: &str = "pay.timeout.wait";
 
 /// Every work queue of the fleet.
 pub const WORK_QUEUES: [&str; 6] =
@@ -103,6 +105,9 @@ impl Topology {
             .iter()
             .flat_map(|base| {
                 let mut names = vec![self.queue(base), self.dlq(base)];
+                if *base == PAY_TIMEOUT {
+                    names.push(self.queue(PAY_TIMEOUT_WAIT));
+                }
                 names.extend(self.retry_tiers(base).into_iter().map(|d| self.retry_queue(base, d)));
                 names
             })
@@ -118,6 +123,11 @@ impl Topology {
             work.insert("x-delivery-limit".into(), AMQPValue::LongInt(self.delivery_limit as i32));
             dead_letter_to(&mut work, &dlq);
             declare(channel, &self.queue(base), work).await?;
+            if base == PAY_TIMEOUT {
+                let mut wait = quorum();
+                dead_letter_to(&mut wait, &self.queue(PAY_TIMEOUT));
+                declare(channel, &self.queue(PAY_TIMEOUT_WAIT), wait).await?;
+            }
             for delay in self.retry_tiers(base) {
                 let mut tier = quorum();
                 tier.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay as i64));

@@ -7,6 +7,7 @@ pub mod orders;
 pub mod outbox;
 pub mod payments;
 pub mod users;
+pub mod wechat;
 
 use std::time::Duration;
 

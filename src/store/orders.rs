@@ -41,17 +41,27 @@ pub async fn create_order(
     num: i32,
     ttl: Duration,
 ) -> Result<NewOrder, CreateOrderError> {
+    // The order and its expiry check, together: the check waits in pay.timeout.wait for the
+    // order's pay time, then closes it if it is still unpaid.
     let row: Result<Option<(String, Decimal, OffsetDateTime)>, sqlx::Error> = sqlx::query_as(
-        "INSERT INTO orders (order_no, user_id, goods_id, kind, num, amount, expires_at)
-         SELECT 'ORD' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD') || lpad(nextval('order_no_seq')::text, 10, '0'),
-                $1, g.id, g.kind, $3, g.price * $3, now() + make_interval(secs => $4)
-         FROM goods g WHERE g.id = $2
-         RETURNING order_no, amount, expires_at",
+        "WITH o AS (
+             INSERT INTO orders (order_no, user_id, goods_id, kind, num, amount, expires_at)
+             SELECT 'ORD' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD') || lpad(nextval('order_no_seq')::text, 10, '0'),
+                    $1, g.id, g.kind, $3, g.price * $3, now() + make_interval(secs => $4)
+             FROM goods g WHERE g.id = $2
+             RETURNING order_no, amount, expires_at
+         ), check_due AS (
+             INSERT INTO outbox (message_id, queue, kind, payload, delay_ms)
+             SELECT gen_random_uuid(), $5, 'pay_timeout_due', jsonb_build_object('order_no', o.order_no), $6 FROM o
+         )
+         SELECT order_no, amount, expires_at FROM o",
     )
     .bind(user_id)
     .bind(goods_id)
     .bind(num)
     .bind(ttl.as_secs_f64())
+    .bind(crate::mq::topology::PAY_TIMEOUT_WAIT)
+    .bind(ttl.as_millis() as i64)
     .fetch_optional(pool)
     .await;
     match row {

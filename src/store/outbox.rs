@@ -15,6 +15,8 @@ pub struct OutboxRow {
     pub queue: String,
     pub kind: String,
     pub payload: String,
+    /// Published with this per-message TTL (into a wait queue).
+    pub delay_ms: Option<i64>,
 }
 
 /// Opens a transaction holding the oldest unsent rows, skipping rows another relay holds, so
@@ -25,7 +27,7 @@ pub async fn claim_unsent(
 ) -> Result<(Transaction<'static, Postgres>, Vec<OutboxRow>), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query_as(
-        "SELECT id, message_id, correlation_id, queue, kind, payload::text AS payload FROM outbox
+        "SELECT id, message_id, correlation_id, queue, kind, payload::text AS payload, delay_ms FROM outbox
          WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)

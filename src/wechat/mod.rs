@@ -132,6 +132,14 @@ impl Wechat {
         Ok(Wechat { active: s.api_version, v2, v3, appid: s.appid.clone(), mchid: s.mchid.clone() })
     }
 
+    /// The channel, or None when no WeChat key is configured at all (WeChat Pay off).
+    pub fn from_settings_optional(s: &WechatSettings) -> Result<Option<Wechat>, ConfigError> {
+        if s.api_v2_key().is_none() && s.api_v3_key().is_none() {
+            return Ok(None);
+        }
+        Wechat::from_settings(s).map(Some)
+    }
+
     pub fn api_version(&self) -> WechatApiVersion {
         self.active
     }

@@ -16,16 +16,18 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{Cache, CacheError};
+use crate::channel::{ChannelError, PayChannel, Prepaid, PrepayOrder};
 use crate::config::{PaySettings, Settings};
 use crate::domain::payment::Refusal;
 use crate::domain::{Code, PayMethod};
-use crate::ingress::health::{self, Probe};
-use crate::mq::consumer::{self, BrokerHealth, ConsumerSettings, HandleError, Handler, Incoming, Outcome};
-use crate::mq::messages::{AssetPayRequested, PayReplied, PayRequested};
-use crate::mq::topology::{PAY_REQUESTS, Topology};
+use crate::mq::consumer::{self, HandleError, Handler, Incoming, Outcome};
+use crate::mq::messages::{AssetPayRequested, PayReplied, PayRequested, PrepaidReply, WechatCreateRequested};
+use crate::mq::topology::{PAY_REQUESTS, PAY_TIMEOUT, Topology};
 use crate::password::PasswordHasher;
 use crate::store::payments::{Applied, AssetPayment};
+use crate::store::wechat::Begun;
 use crate::store::{self, is_conflict, is_unavailable};
+use crate::wechat::Wechat;
 
 /// Settles pay requests.
 pub struct PayHandler {
@@ -33,14 +35,25 @@ pub struct PayHandler {
     cache: Cache,
     passwords: PasswordHasher,
     pay: PaySettings,
+    /// None when WeChat Pay is not configured (WeChat creates are then refused).
+    wechat: Option<Arc<Wechat>>,
+    /// A prepay younger than this is reused by a second create.
+    prepay_valid: std::time::Duration,
 }
 
 /// What becomes of one request before it is serialised into the reply.
 type Answer = Result<PayReplied, HandleError>;
 
 impl PayHandler {
-    pub fn new(db: PgPool, cache: Cache, passwords: PasswordHasher, pay: PaySettings) -> PayHandler {
-        PayHandler { db, cache, passwords, pay }
+    pub fn new(
+        db: PgPool,
+        cache: Cache,
+        passwords: PasswordHasher,
+        pay: PaySettings,
+        wechat: Option<Arc<Wechat>>,
+        prepay_valid: std::time::Duration,
+    ) -> PayHandler {
+        PayHandler { db, cache, passwords, pay, wechat, prepay_valid }
     }
 
     /// Phase 1 for the batch's balance payments: `Ok(hash)` for a verified password, or the
@@ -209,24 +222,94 @@ impl PayHandler {
     }
 }
 
+/// What a pay request is about, whatever its kind (for logs and remembered refusals).
+struct Subject<'a> {
+    request_id: uuid::Uuid,
+    order_no: &'a str,
+    user_id: i64,
+    method: &'static str,
+    amount: crate::domain::Money,
+}
+
+fn subject(message: &PayRequested) -> Subject<'_> {
+    match message {
+        PayRequested::Asset(r) => Subject {
+            request_id: r.request_id,
+            order_no: &r.order_no,
+            user_id: r.user_id,
+            method: r.method.as_str(),
+            amount: r.amount,
+        },
+        PayRequested::WechatCreate(r) => Subject {
+            request_id: r.request_id,
+            order_no: &r.order_no,
+            user_id: r.user_id,
+            method: "wechat",
+            amount: r.amount,
+        },
+    }
+}
+
 impl Handler for PayHandler {
     type Message = PayRequested;
 
     async fn handle(&self, batch: &[Incoming<PayRequested>]) -> Vec<Result<Outcome, HandleError>> {
-        let requests: Vec<&AssetPayRequested> = batch
-            .iter()
-            .map(|incoming| match &incoming.message {
-                PayRequested::Asset(request) => request,
+        let mut answers: Vec<Option<Answer>> = vec![None; batch.len()];
+        let mut assets = Vec::new();
+        let mut wechat = Vec::new();
+        for (i, incoming) in batch.iter().enumerate() {
+            match &incoming.message {
+                PayRequested::Asset(r) => assets.push((i, incoming, r)),
+                PayRequested::WechatCreate(r) => wechat.push((i, r)),
+            }
+        }
+        if !assets.is_empty() {
+            let items: Vec<(&Incoming<PayRequested>, &AssetPayRequested)> =
+                assets.iter().map(|(_, m, r)| (*m, *r)).collect();
+            for ((i, _, _), answer) in assets.iter().zip(self.handle_assets(&items).await) {
+                answers[*i] = Some(answer);
+            }
+        }
+        // WeChat creates wait on WeChat's answer; the batch's run side by side.
+        let created = futures_util::future::join_all(wechat.iter().map(|(_, r)| self.create_wechat(r))).await;
+        for ((i, _), answer) in wechat.iter().zip(created) {
+            answers[*i] = Some(answer);
+        }
+        let answers: Vec<Answer> = answers.into_iter().map(|a| a.expect("every request has an answer")).collect();
+
+        let subjects: Vec<Subject> = batch.iter().map(|incoming| subject(&incoming.message)).collect();
+        self.remember_refusals(&subjects, &answers).await;
+        for (s, answer) in subjects.iter().zip(&answers) {
+            log_answer(s, answer);
+        }
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.map(|body| Outcome { reply: Some(serde_json::to_vec(&body).expect("a reply serialises")) })
             })
-            .collect();
+            .collect()
+    }
+
+    fn failure_reply(&self, _reason: &str) -> Option<Vec<u8>> {
+        let refusal = Refusal::new(
+            Code::SystemError,
+            "this payment could not be processed and nothing was charged; please try again or contact support",
+        );
+        Some(serde_json::to_vec(&PayReplied::Refused(refusal)).expect("a reply serialises"))
+    }
+}
+
+impl PayHandler {
+    /// Internal-asset payments: passwords, then one transaction for them all.
+    async fn handle_assets(&self, items: &[(&Incoming<PayRequested>, &AssetPayRequested)]) -> Vec<Answer> {
+        let requests: Vec<&AssetPayRequested> = items.iter().map(|(_, r)| *r).collect();
         let mut answers: Vec<Option<Answer>> =
             requests.iter().map(|r| check_shape(r, &self.pay).err().map(refused)).collect();
 
         // A redelivered balance request that already paid is answered from its receipt: its
         // password was checked when it paid (and may have changed since).
-        let redelivered: Vec<uuid::Uuid> = batch
+        let redelivered: Vec<uuid::Uuid> = items
             .iter()
-            .zip(&requests)
             .filter(|(incoming, r)| {
                 r.method == PayMethod::Balance && (incoming.meta.redelivered || incoming.meta.attempt > 0)
             })
@@ -237,7 +320,7 @@ impl Handler for PayHandler {
         } else {
             match store::payments::applied_requests(&self.db, &redelivered).await {
                 Ok(applied) => applied,
-                Err(e) => return batch.iter().map(|_| Err(db_error(&e))).collect(),
+                Err(e) => return items.iter().map(|_| Err(db_error(&e))).collect(),
             }
         };
         let balance: Vec<(usize, &AssetPayRequested)> = requests
@@ -282,40 +365,90 @@ impl Handler for PayHandler {
                 Err(e) => Err(e),
             });
         }
-        let answers: Vec<Answer> = answers.into_iter().map(|a| a.expect("every request has an answer")).collect();
+        answers.into_iter().map(|a| a.expect("every request has an answer")).collect()
+    }
 
-        self.remember_refusals(&requests, &answers).await;
-        for (r, answer) in requests.iter().zip(&answers) {
-            log_answer(r, answer);
+    /// A WeChat create: the order checked and its payment begun in the database, then the
+    /// prepay at WeChat (or the still-valid one reused), answered as freshly signed pay params.
+    async fn create_wechat(&self, r: &WechatCreateRequested) -> Answer {
+        let Some(wechat) = &self.wechat else {
+            return refused(Refusal::new(Code::SystemError, "WeChat Pay is not configured on this fleet"));
+        };
+        if r.amount.is_zero() || r.amount > self.pay.max_amount {
+            return refused(Refusal::new(
+                Code::Validation,
+                format!("amount must be above zero and at most {}", self.pay.max_amount),
+            ));
         }
-        answers
-            .into_iter()
-            .map(|answer| {
-                answer.map(|body| Outcome { reply: Some(serde_json::to_vec(&body).expect("a reply serialises")) })
-            })
-            .collect()
+        let version = match wechat.api_version() {
+            crate::config::WechatApiVersion::V2 => "v2",
+            crate::config::WechatApiVersion::V3 => "v3",
+        };
+        let begun = match store::wechat::begin(&self.db, r, version, self.prepay_valid).await {
+            Ok(begun) => begun,
+            Err(e) => return Err(db_error(&e)),
+        };
+        let reply = |pay_no: String, prepaid: &Prepaid| {
+            Ok(PayReplied::Prepaid(PrepaidReply {
+                order_no: r.order_no.clone(),
+                pay_no,
+                pay_params: wechat.pay_params(prepaid),
+            }))
+        };
+        let (pay_no, expires_at) = match begun {
+            Begun::Refused(refusal) => return refused(refusal),
+            Begun::Reuse { pay_no, prepaid } => return reply(pay_no, &prepaid),
+            Begun::Prepay { pay_no, expires_at } => (pay_no, expires_at),
+        };
+        let order = PrepayOrder {
+            out_trade_no: pay_no.clone(),
+            description: r.description.clone(),
+            amount: r.amount,
+            trade_type: r.trade_type,
+            openid: r.openid.clone(),
+            client_ip: r.client_ip.clone(),
+            expires_at,
+        };
+        match wechat.prepay(&order).await {
+            Ok(prepaid) => match store::wechat::record_prepaid(&self.db, &pay_no, &prepaid).await {
+                Ok(()) => reply(pay_no, &prepaid),
+                Err(e) => Err(db_error(&e)),
+            },
+            Err(ChannelError::AlreadyPaid) => {
+                // Paid at WeChat already (a notify may be on its way): settle from a query.
+                match wechat.query(&pay_no).await {
+                    Ok(trade) => {
+                        if let Err(e) = store::wechat::report_trade(&self.db, &trade).await {
+                            return Err(db_error(&e));
+                        }
+                        refused(Refusal::new(
+                            Code::OrderPaid,
+                            "already paid at WeChat; the order shows as paid in a moment",
+                        ))
+                    }
+                    Err(e) => Err(channel_error(&e)),
+                }
+            }
+            Err(ChannelError::Closed) => {
+                if let Err(e) = store::wechat::expire(&self.db, &r.order_no).await {
+                    return Err(db_error(&e));
+                }
+                refused(Refusal::new(Code::OrderClosed, "the WeChat order is closed; place a new order"))
+            }
+            Err(e) => Err(channel_error(&e)),
+        }
     }
 
-    fn failure_reply(&self, _reason: &str) -> Option<Vec<u8>> {
-        let refusal = Refusal::new(
-            Code::SystemError,
-            "this payment could not be processed and nothing was charged; please try again or contact support",
-        );
-        Some(serde_json::to_vec(&PayReplied::Refused(refusal)).expect("a reply serialises"))
-    }
-}
-
-impl PayHandler {
     /// Keeps each refusal where the payer's status query finds it: after a 202 the refusal
     /// never reached them. Refusals about orders that are not theirs, or already paid, say
     /// nothing the status does not.
-    async fn remember_refusals(&self, requests: &[&AssetPayRequested], answers: &[Answer]) {
-        let refusals: Vec<(&str, i64, &Refusal)> = requests
+    async fn remember_refusals(&self, subjects: &[Subject<'_>], answers: &[Answer]) {
+        let refusals: Vec<(&str, i64, &Refusal)> = subjects
             .iter()
             .zip(answers)
-            .filter_map(|(r, answer)| match answer {
+            .filter_map(|(s, answer)| match answer {
                 Ok(PayReplied::Refused(refusal)) if !matches!(refusal.code, Code::NotFound | Code::OrderPaid) => {
-                    Some((r.order_no.as_str(), r.user_id, refusal))
+                    Some((s.order_no, s.user_id, refusal))
                 }
                 _ => None,
             })
@@ -330,17 +463,32 @@ impl PayHandler {
     }
 }
 
-fn log_answer(r: &AssetPayRequested, answer: &Answer) {
+/// A channel failure as the consumer framework's verdict.
+pub(crate) fn channel_error(e: &ChannelError) -> HandleError {
+    match e {
+        ChannelError::Transient(_) | ChannelError::NotFound => HandleError::Retryable(format!("WeChat: {e}")),
+        ChannelError::Refused { .. } | ChannelError::Forged(_) | ChannelError::AlreadyPaid | ChannelError::Closed => {
+            tracing::error!(error = %e, "WeChat refused a request; check the merchant settings");
+            HandleError::Permanent(format!("WeChat: {e}"))
+        }
+    }
+}
+
+fn log_answer(s: &Subject, answer: &Answer) {
     match answer {
         Ok(PayReplied::Paid(receipt)) => tracing::info!(
-            request_id = %r.request_id, order_no = %r.order_no, user_id = r.user_id, method = r.method.as_str(),
-            amount = %r.amount, pay_no = %receipt.pay_no, remaining = %receipt.remaining, "paid"
+            request_id = %s.request_id, order_no = %s.order_no, user_id = s.user_id, method = s.method,
+            amount = %s.amount, pay_no = %receipt.pay_no, remaining = %receipt.remaining, "paid"
+        ),
+        Ok(PayReplied::Prepaid(prepaid)) => tracing::info!(
+            request_id = %s.request_id, order_no = %s.order_no, user_id = s.user_id, method = s.method,
+            amount = %s.amount, pay_no = %prepaid.pay_no, "WeChat payment ready"
         ),
         Ok(PayReplied::Refused(refusal)) => tracing::info!(
-            request_id = %r.request_id, order_no = %r.order_no, user_id = r.user_id, method = r.method.as_str(),
+            request_id = %s.request_id, order_no = %s.order_no, user_id = s.user_id, method = s.method,
             code = refusal.code.as_str(), reason = %refusal.message, "refused"
         ),
-        Err(e) => tracing::warn!(request_id = %r.request_id, order_no = %r.order_no, error = %e, "not settled yet"),
+        Err(e) => tracing::warn!(request_id = %s.request_id, order_no = %s.order_no, error = %e, "not settled yet"),
     }
 }
 
@@ -383,7 +531,7 @@ fn refused(refusal: Refusal) -> Answer {
     Ok(PayReplied::Refused(refusal))
 }
 
-fn db_error(e: &sqlx::Error) -> HandleError {
+pub(crate) fn db_error(e: &sqlx::Error) -> HandleError {
     if is_unavailable(e) {
         HandleError::Unavailable(format!("database: {e}"))
     } else if is_conflict(e) {
@@ -400,44 +548,40 @@ fn cache_error(e: &CacheError) -> HandleError {
     }
 }
 
-/// Runs the pay-worker (and, unless `outbox.relay` is off, the outbox relay) until `stop`.
+/// Runs the pay-worker until `stop`: pay requests, expiry checks, and (unless `outbox.relay`
+/// is off) the outbox relay.
 pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
     let db = store::pool(&settings.database)?;
     let cache = Cache::new(&settings.redis)?;
     let passwords = PasswordHasher::new(settings.pay.password_pepper()?, settings.pay.bcrypt_cost);
+    let wechat = Wechat::from_settings_optional(&settings.wechat)?.map(Arc::new);
+    if wechat.is_none() {
+        tracing::warn!("WeChat Pay is not configured: WeChat creates are refused, expiry checks close orders locally");
+    }
     let topology = Topology::new(&settings.broker);
-    let broker_health = BrokerHealth::default();
     if !store::wait_for_schema(&db, &stop).await {
         return Ok(());
     }
-
-    let mut tasks = tokio::task::JoinSet::new();
-    if settings.outbox.relay {
-        tasks.spawn(super::relay::run(db.clone(), settings.broker.clone(), settings.outbox.clone(), stop.clone()));
-    }
-    if !settings.pay_worker.health_listen.is_empty() {
-        let addr =
-            settings.pay_worker.health_listen.parse().map_err(|e| anyhow::anyhow!("pay_worker.health_listen: {e}"))?;
-        let up = broker_health.clone();
-        let probe = Probe { db: db.clone(), cache: cache.clone(), broker: Arc::new(move || up.is_connected()) };
-        let stop = stop.clone();
-        tasks.spawn(async move {
-            if let Err(e) = health::serve(addr, probe, stop).await {
-                tracing::error!(error = %e, "health endpoint failed");
-            }
-        });
-    }
-    let consumer_settings = ConsumerSettings {
-        queue: PAY_REQUESTS,
-        name: "payfleet-pay-worker".into(),
-        prefetch: settings.pay_worker.prefetch,
-        concurrency: settings.pay_worker.concurrency,
-        batch_max: settings.pay_worker.batch_max,
-    };
-    let handler = Arc::new(PayHandler::new(db, cache, passwords, settings.pay.clone()));
-    consumer::run(&settings.broker, &topology, &consumer_settings, handler, broker_health, stop.clone()).await;
+    let sidecars = super::Sidecars::start(&settings, &settings.pay_worker, &db, &cache, &stop)?;
+    let prepay_valid = std::time::Duration::from_secs(settings.wechat.prepay_valid_secs);
+    let pay =
+        Arc::new(PayHandler::new(db.clone(), cache, passwords, settings.pay.clone(), wechat.clone(), prepay_valid));
+    let timeouts = Arc::new(super::timeout::TimeoutHandler::new(db, wechat));
+    let pay_consumer = super::consumer_settings(PAY_REQUESTS, "payfleet-pay-worker", &settings.pay_worker);
+    let timeout_consumer = super::consumer_settings(PAY_TIMEOUT, "payfleet-pay-worker-timeouts", &settings.pay_worker);
+    tokio::join!(
+        consumer::run(&settings.broker, &topology, &pay_consumer, pay, sidecars.broker_health.clone(), stop.clone()),
+        consumer::run(
+            &settings.broker,
+            &topology,
+            &timeout_consumer,
+            timeouts,
+            sidecars.broker_health.clone(),
+            stop.clone()
+        ),
+    );
     stop.cancel();
-    while tasks.join_next().await.is_some() {}
+    sidecars.finish().await;
     tracing::info!("pay-worker stopped");
     Ok(())
 }

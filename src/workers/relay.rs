@@ -85,9 +85,12 @@ async fn relay_once(db: &PgPool, publisher: &Publisher, topology: &Topology, lim
     let mut pending = Vec::with_capacity(rows.len());
     for row in &rows {
         let origin = row.correlation_id.unwrap_or(row.message_id);
-        let properties =
+        let mut properties =
             envelope::properties(&row.message_id.to_string(), &row.kind, &envelope::traceparent_for(origin))
                 .with_correlation_id(origin.to_string().into());
+        if let Some(delay) = row.delay_ms {
+            properties = properties.with_expiration(delay.to_string().into());
+        }
         pending.push(publisher.send(&topology.queue(&row.queue), row.payload.as_bytes(), properties).await?);
     }
     for confirm in pending {

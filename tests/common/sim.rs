@@ -1,5 +1,6 @@
-//! wechat-sim in the test process: its own port, keys in a temporary directory, a quick notify
-//! schedule.
+//! wechat-sim for tests: in the test process (its own port, keys in a temporary directory, a
+//! quick notify schedule), or as the real binary inside a test's fleet; driven through its
+//! control API.
 
 use std::path::PathBuf;
 
@@ -7,45 +8,24 @@ use payfleet::sim::SimArgs;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-pub struct SimHandle {
+/// The simulator's control API.
+#[derive(Clone)]
+pub struct SimControl {
     pub url: String,
-    pub dir: PathBuf,
-    /// The PAYFLEET__WECHAT__… settings that point the fleet at this simulator.
-    pub env: Vec<(String, String)>,
     http: reqwest::Client,
-    stop: CancellationToken,
 }
 
-impl SimHandle {
-    /// Starts a simulator; `schedule_ms` are its notify retry delays.
-    pub async fn start(schedule_ms: &[u64]) -> SimHandle {
-        let dir = std::env::temp_dir().join(format!("payfleet-sim-{}", uuid::Uuid::new_v4().simple()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let args = SimArgs {
-            listen: listener.local_addr().unwrap(),
-            state_dir: dir.clone(),
-            appid: "wxd930ea5d5a258f4f".into(),
-            mchid: "1900000109".into(),
-            notify_schedule_ms: schedule_ms.to_vec(),
-        };
-        let stop = CancellationToken::new();
-        let stop_sim = stop.clone();
-        tokio::spawn(async move {
-            if let Err(e) = payfleet::sim::run(args, listener, stop_sim).await {
-                panic!("wechat-sim failed: {e:#}");
-            }
-        });
-        let http = reqwest::Client::new();
-        // Generating its keys takes a moment; the bound port queues the request meanwhile.
-        let health = http.get(format!("{url}/sim/health")).timeout(std::time::Duration::from_secs(60)).send().await;
+impl SimControl {
+    pub fn new(url: &str) -> SimControl {
+        SimControl { url: url.to_owned(), http: reqwest::Client::new() }
+    }
+
+    /// Waits until the simulator answers (generating keys takes a moment; the bound port queues
+    /// the request meanwhile).
+    pub async fn wait_ready(&self) {
+        let health =
+            self.http.get(format!("{}/sim/health", self.url)).timeout(std::time::Duration::from_secs(60)).send().await;
         assert!(health.is_ok_and(|r| r.status() == 200), "wechat-sim did not start");
-        let env_text = std::fs::read_to_string(dir.join("payfleet.env")).unwrap();
-        let mut env: Vec<(String, String)> =
-            env_text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
-        env.push(("PAYFLEET__WECHAT__API_BASE".into(), url.clone()));
-        env.push(("PAYFLEET__WECHAT__MP_API_BASE".into(), url.clone()));
-        SimHandle { url, dir, env, http, stop }
     }
 
     pub async fn pay(&self, out_trade_no: &str, fault: Option<&str>) -> reqwest::Response {
@@ -82,6 +62,62 @@ impl SimHandle {
             .filter(|r| r["kind"] == "notify")
             .map(|r| (r["status"].as_u64().unwrap_or(0) as u16, r["detail"].as_str().unwrap_or("").to_owned()))
             .collect()
+    }
+}
+
+/// The PAYFLEET__WECHAT__… settings that point the fleet at a simulator.
+pub fn fleet_env(state_dir: &std::path::Path, url: &str) -> Vec<(String, String)> {
+    let env_text = std::fs::read_to_string(state_dir.join("payfleet.env")).unwrap();
+    let mut env: Vec<(String, String)> =
+        env_text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    env.push(("PAYFLEET__WECHAT__API_BASE".into(), url.to_owned()));
+    env.push(("PAYFLEET__WECHAT__MP_API_BASE".into(), url.to_owned()));
+    env
+}
+
+pub fn state_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("payfleet-sim-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// A simulator running in the test process.
+pub struct SimHandle {
+    pub control: SimControl,
+    pub dir: PathBuf,
+    pub env: Vec<(String, String)>,
+    stop: CancellationToken,
+}
+
+impl SimHandle {
+    /// Starts a simulator; `schedule_ms` are its notify retry delays.
+    pub async fn start(schedule_ms: &[u64]) -> SimHandle {
+        let dir = state_dir();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let args = SimArgs {
+            listen: listener.local_addr().unwrap(),
+            state_dir: dir.clone(),
+            appid: "wxd930ea5d5a258f4f".into(),
+            mchid: "1900000109".into(),
+            notify_schedule_ms: schedule_ms.to_vec(),
+        };
+        let stop = CancellationToken::new();
+        let stop_sim = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = payfleet::sim::run(args, listener, stop_sim).await {
+                panic!("wechat-sim failed: {e:#}");
+            }
+        });
+        let control = SimControl::new(&url);
+        control.wait_ready().await;
+        let env = fleet_env(&dir, &url);
+        SimHandle { control, dir, env, stop }
+    }
+}
+
+impl std::ops::Deref for SimHandle {
+    type Target = SimControl;
+    fn deref(&self) -> &SimControl {
+        &self.control
     }
 }
 

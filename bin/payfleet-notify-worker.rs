@@ -1,0 +1,9 @@
+//! payfleet-notify-worker: settles WeChat payments from `wechat.notify` and relays the outbox.
+//! Settings from config/ and PAYFLEET__… variables (README). Run as many copies as you like.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = payfleet::config::Settings::load()?;
+    payfleet::telemetry::init(&settings.log);
+    payfleet::workers::notify::run(settings, payfleet::shutdown::on_signal()).await
+}

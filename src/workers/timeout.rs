@@ -1,0 +1,76 @@
+//! Expiry checks (`pay.timeout`, run by the pay-worker): when an order's pay time runs out and
+//! it is still unpaid, its WeChat payment is queried once more — a lost notify still settles
+//! the order — and otherwise closed at WeChat, then the order is closed here.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use super::pay::{channel_error, db_error};
+use crate::channel::{ChannelError, PayChannel};
+use crate::domain::OrderStatus;
+use crate::mq::consumer::{HandleError, Handler, Incoming, Outcome};
+use crate::mq::messages::PayTimeoutDue;
+use crate::store;
+use crate::wechat::Wechat;
+
+pub struct TimeoutHandler {
+    db: PgPool,
+    wechat: Option<Arc<Wechat>>,
+}
+
+impl TimeoutHandler {
+    pub fn new(db: PgPool, wechat: Option<Arc<Wechat>>) -> TimeoutHandler {
+        TimeoutHandler { db, wechat }
+    }
+
+    async fn check(&self, order_no: &str) -> Result<Outcome, HandleError> {
+        let view = store::wechat::timeout_view(&self.db, order_no).await.map_err(|e| db_error(&e))?;
+        let (status, due, pay_no) = match view {
+            Some(view) => view,
+            None => {
+                tracing::warn!(order_no, "expiry check for an unknown order");
+                return Ok(Outcome::default());
+            }
+        };
+        if status != OrderStatus::Unpaid {
+            return Ok(Outcome::default());
+        }
+        if !due {
+            return Err(HandleError::Retryable("the order's pay time has not run out yet".into()));
+        }
+        if let (Some(pay_no), Some(wechat)) = (pay_no, &self.wechat) {
+            match wechat.query(&pay_no).await {
+                Ok(trade) if trade.trade_state.is_paid() => {
+                    // Paid after all (its notify never arrived): settle, do not close.
+                    tracing::warn!(order_no, pay_no, "paid at WeChat without a notify; settling from the query");
+                    store::wechat::report_trade(&self.db, &trade).await.map_err(|e| db_error(&e))?;
+                    return Ok(Outcome::default());
+                }
+                Ok(trade) if trade.trade_state.is_final() => {}
+                Ok(_) | Err(ChannelError::NotFound) => match wechat.close(&pay_no).await {
+                    Ok(()) | Err(ChannelError::Closed) | Err(ChannelError::NotFound) => {}
+                    Err(ChannelError::AlreadyPaid) => {
+                        let trade = wechat.query(&pay_no).await.map_err(|e| channel_error(&e))?;
+                        store::wechat::report_trade(&self.db, &trade).await.map_err(|e| db_error(&e))?;
+                        return Ok(Outcome::default());
+                    }
+                    Err(e) => return Err(channel_error(&e)),
+                },
+                Err(e) => return Err(channel_error(&e)),
+            }
+        }
+        if store::wechat::expire(&self.db, order_no).await.map_err(|e| db_error(&e))? {
+            tracing::info!(order_no, "pay time ran out: order closed");
+        }
+        Ok(Outcome::default())
+    }
+}
+
+impl Handler for TimeoutHandler {
+    type Message = PayTimeoutDue;
+
+    async fn handle(&self, batch: &[Incoming<PayTimeoutDue>]) -> Vec<Result<Outcome, HandleError>> {
+        futures_util::future::join_all(batch.iter().map(|incoming| self.check(&incoming.message.order_no))).await
+    }
+}

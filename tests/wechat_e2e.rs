@@ -1,0 +1,286 @@
+//! WeChat Pay end to end, for API v3 and v2: the real binaries (ingress, pay-worker,
+//! notify-worker, wechat-sim), paying through HTTP, WeChat notifying — genuinely, twice, late,
+//! never, with the wrong amount, forged — and orders running out of pay time.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cutter::Cutter;
+use common::sim::{SimControl, fleet_env, state_dir};
+use common::{TestEnv, eventually};
+use payfleet::ctl::client::{ApiClient, ApiResponse};
+use payfleet::ctl::fleet::{Fleet, INGRESS, NOTIFY_WORKER, PAY_WORKER, WECHAT_SIM};
+use serde_json::json;
+
+/// A fleet with WeChat Pay pointed at its own wechat-sim.
+struct WechatFleet {
+    env: TestEnv,
+    fleet: Fleet,
+    api: ApiClient,
+    sim: SimControl,
+    sim_dir: std::path::PathBuf,
+    token: String,
+    goods: i64,
+}
+
+impl WechatFleet {
+    /// `ingress_env`: extra settings for the ingress only (e.g. its broker through a cutter).
+    async fn start(test: &str, version: &str, settings: &[(&str, &str)], ingress_env: &[(&str, &str)]) -> WechatFleet {
+        let mut overrides =
+            vec![("PAYFLEET__WECHAT__API_VERSION", version), ("PAYFLEET__INGRESS__REPLY_TIMEOUT_MS", "5000")];
+        overrides.extend_from_slice(settings);
+        let dir = state_dir();
+        let env = TestEnv::with(&overrides).await;
+        let mut fleet = env.fleet(test);
+        // The simulator first: the fleet's WeChat settings come from the keys it writes.
+        let dir_arg = dir.display().to_string();
+        let args = ["--listen", "127.0.0.1:0", "--state-dir", &dir_arg, "--notify-schedule-ms", "300,600,1200,2400"];
+        fleet.spawn_with_args(WECHAT_SIM, &args.map(str::to_owned), &[]).unwrap();
+        let sim_url = fleet.url_of(WECHAT_SIM, Duration::from_secs(60)).await.unwrap();
+        let sim = SimControl::new(&sim_url);
+        sim.wait_ready().await;
+        for (k, v) in fleet_env(&dir, &sim_url) {
+            fleet.set_env(&k, &v);
+        }
+        for (k, v) in &overrides {
+            fleet.set_env(k, v);
+        }
+        fleet.spawn(INGRESS, ingress_env).unwrap();
+        let url = fleet.ingress_url(Duration::from_secs(30)).await.unwrap();
+        let notify_url = format!("{url}/api/v1/payment/wechat/notify");
+        fleet.spawn(PAY_WORKER, &[("PAYFLEET__WECHAT__NOTIFY_URL", &notify_url)]).unwrap();
+        fleet.spawn(NOTIFY_WORKER, &[]).unwrap();
+        let api = ApiClient::new(&url);
+        api.wait_ready(Duration::from_secs(30)).await.unwrap();
+        let (_, token) = env.user("0", "0", "0").await;
+        let goods = env.goods("10.00").await;
+        WechatFleet { env, fleet, api, sim, sim_dir: dir, token, goods }
+    }
+
+    async fn order(&self) -> String {
+        self.api.create_order(&self.token, self.goods, 1).await.unwrap().field("order_no").to_owned()
+    }
+
+    async fn create(&self, order_no: &str) -> ApiResponse {
+        let body = json!({
+            "order_no": order_no, "amount": "10.00", "description": "一番赏 ticket",
+            "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "client_ip": "127.0.0.1", "trade_type": "JSAPI",
+        });
+        self.api.post("/api/v1/payment/wechat/create", Some(&self.token), &body).await.unwrap()
+    }
+
+    /// Creates the WeChat payment of a fresh order; answers (order_no, pay_no).
+    async fn created(&self) -> (String, String) {
+        let order_no = self.order().await;
+        let r = self.create(&order_no).await;
+        assert_eq!((r.status, r.code()), (200, "SUCCESS"), "{:?}", r.body);
+        (order_no, r.field("pay_no").to_owned())
+    }
+
+    async fn status(&self, order_no: &str) -> String {
+        self.api.status(&self.token, order_no).await.unwrap().field("pay_status").to_owned()
+    }
+
+    async fn count(&self, sql: &str, bind: &str) -> i64 {
+        sqlx::query_scalar(sql).bind(bind).fetch_one(&self.env.admin.db).await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        self.fleet.stop(Duration::from_secs(15)).await;
+        self.env.audit_is_clean().await;
+        let _ = std::fs::remove_dir_all(&self.sim_dir);
+    }
+}
+
+async fn create_pay_notify_settle(version: &str) {
+    let w = WechatFleet::start(&format!("wechat-pay-{version}"), version, &[], &[]).await;
+    let order_no = w.order().await;
+    let r = w.create(&order_no).await;
+    assert_eq!((r.status, r.code()), (200, "SUCCESS"), "{:?}", r.body);
+    for field in ["appId", "timeStamp", "nonceStr", "package", "signType", "paySign"] {
+        assert!(!r.field(field).is_empty(), "{field}: {:?}", r.body);
+    }
+    assert_eq!(r.data()["is_weixin"], 1);
+    assert_eq!(r.field("signType"), if version == "v3" { "RSA" } else { "HMAC-SHA256" });
+    let pay_no = r.field("pay_no").to_owned();
+    assert_eq!(w.status(&order_no).await, "PAYING");
+
+    // A second create reuses the prepay; retry gives fresh params for it.
+    let again = w.create(&order_no).await;
+    assert_eq!((again.field("package"), again.field("pay_no")), (r.field("package"), pay_no.as_str()));
+    let retry = w.api.post(&format!("/api/v1/payment/{order_no}/retry"), Some(&w.token), &json!({})).await.unwrap();
+    assert_eq!(retry.status, 200, "{:?}", retry.body);
+    assert_eq!(retry.data()["new_pay_info"]["package"], r.data()["package"]);
+    assert_ne!(retry.data()["new_pay_info"]["nonceStr"], r.data()["nonceStr"], "freshly signed");
+
+    assert_eq!(w.sim.pay(&pay_no, None).await.status(), 200);
+    eventually(Duration::from_secs(20), "the notify settles the order", || async {
+        w.status(&order_no).await == "SUCCESS"
+    })
+    .await;
+    let status = w.api.status(&w.token, &order_no).await.unwrap();
+    assert_eq!((status.field("pay_type"), status.field("pay_no")), ("WECHAT", pay_no.as_str()));
+    assert_eq!(
+        status.data()["payment_details"],
+        json!([{ "method": "wechat", "amount": "10.00", "status": "SUCCESS" }])
+    );
+    let notifies = w.sim.notifies(&pay_no).await;
+    assert_eq!(notifies.first().map(|n| n.0), Some(200), "answered success at once: {notifies:?}");
+    let stored: (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT third_party_no, notify_raw FROM payments WHERE pay_no = $1")
+            .bind(&pay_no)
+            .fetch_one(&w.env.admin.db)
+            .await
+            .unwrap();
+    assert!(
+        stored.0.is_some_and(|t| t.starts_with("4200")) && stored.1.is_some(),
+        "transaction id and raw notify kept"
+    );
+    let r = w.create(&order_no).await;
+    assert_eq!((r.status, r.code()), (409, "ORDERPAID"));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_create_pay_notify_settle() {
+    create_pay_notify_settle("v3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_create_pay_notify_settle() {
+    create_pay_notify_settle("v2").await;
+}
+
+async fn duplicates_forgeries_and_wrong_amounts(version: &str) {
+    let w = WechatFleet::start(&format!("wechat-faults-{version}"), version, &[], &[]).await;
+
+    // Two notifies at once: one state change.
+    let (dup_order, dup_pay) = w.created().await;
+    w.sim.pay(&dup_pay, Some("duplicate")).await;
+    eventually(Duration::from_secs(20), "settled", || async { w.status(&dup_order).await == "SUCCESS" }).await;
+    eventually(Duration::from_secs(20), "both notifies processed", || async {
+        w.count("SELECT count(*) FROM wechat_notifies WHERE out_trade_no = $1", &dup_pay).await == 2
+    })
+    .await;
+    assert_eq!(
+        w.count("SELECT count(*) FROM wechat_notifies WHERE out_trade_no = $1 AND outcome = 'settled'", &dup_pay).await,
+        1
+    );
+    assert_eq!(w.count("SELECT count(*) FROM profit_pay WHERE pay_no = $1", &dup_pay).await, 1);
+    assert_eq!(
+        w.count("SELECT count(*) FROM outbox WHERE payload->>'pay_no' = $1", &dup_pay).await,
+        1,
+        "one order-paid event"
+    );
+
+    // Forged: refused, never queued, the order untouched (it was never paid at WeChat).
+    let (forged_order, forged_pay) = w.created().await;
+    assert_eq!(w.sim.forge(&forged_pay, "bad_signature").await, 401);
+    if version == "v3" {
+        assert_eq!(w.sim.forge(&forged_pay, "stale_timestamp").await, 401);
+        // A genuine notify replayed with its nonce: refused too; the paid order stays paid once.
+        assert_eq!(w.sim.forge(&dup_pay, "replay_nonce").await, 401);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        w.count("SELECT count(*) FROM wechat_notifies WHERE out_trade_no = $1", &forged_pay).await,
+        0,
+        "never reached the queue"
+    );
+    assert_eq!(w.status(&forged_order).await, "PAYING");
+    assert_eq!(w.count("SELECT count(*) FROM wechat_notifies WHERE out_trade_no = $1", &dup_pay).await, 2);
+
+    // The user paid a different amount than the order: not paid, an alert for an operator.
+    let (wrong_order, wrong_pay) = w.created().await;
+    w.sim.pay(&wrong_pay, Some("wrong_amount")).await;
+    eventually(Duration::from_secs(20), "the alert", || async {
+        w.count("SELECT count(*) FROM payment_alerts WHERE order_no = $1 AND kind = 'amount_mismatch'", &wrong_order)
+            .await
+            >= 1
+    })
+    .await;
+    assert_eq!(w.status(&wrong_order).await, "PAYING", "not paid");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_duplicates_forgeries_and_wrong_amounts() {
+    duplicates_forgeries_and_wrong_amounts("v3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_duplicates_forgeries_and_wrong_amounts() {
+    duplicates_forgeries_and_wrong_amounts("v2").await;
+}
+
+async fn lost_notifies_and_expiring_orders(version: &str) {
+    let settings = [("PAYFLEET__WECHAT__QUERY_AFTER_SECS", "1"), ("PAYFLEET__PAY__ORDER_TTL_SECS", "6")];
+    let w = WechatFleet::start(&format!("wechat-sync-{version}"), version, &settings, &[]).await;
+
+    // Paid at WeChat, notify never sent: reading the status asks WeChat and settles.
+    let (silent_order, silent_pay) = w.created().await;
+    w.sim.pay(&silent_pay, Some("never")).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    eventually(Duration::from_secs(20), "the status sync settles it", || async {
+        w.status(&silent_order).await == "SUCCESS"
+    })
+    .await;
+    assert!(w.sim.notifies(&silent_pay).await.is_empty(), "no notify was involved");
+
+    // Never paid: when the pay time runs out the order is closed at WeChat and here.
+    let (idle_order, idle_pay) = w.created().await;
+    eventually(Duration::from_secs(30), "closed locally", || async {
+        w.count("SELECT count(*) FROM orders WHERE order_no = $1 AND status = 'CLOSED'", &idle_order).await == 1
+    })
+    .await;
+    assert_eq!(w.sim.order(&idle_pay).await.unwrap()["state"], "CLOSED", "closed at WeChat");
+    assert_eq!(w.count("SELECT count(*) FROM payments WHERE pay_no = $1 AND status = 'CLOSED'", &idle_pay).await, 1);
+    let r = w.create(&idle_order).await;
+    assert_eq!((r.status, r.code()), (409, "ORDERCLOSED"));
+
+    // Paid, notify lost, and nobody looked at the status: the expiry check finds it paid.
+    let (late_order, late_pay) = w.created().await;
+    w.sim.pay(&late_pay, Some("never")).await;
+    eventually(Duration::from_secs(30), "the expiry check settles it", || async {
+        w.count("SELECT count(*) FROM orders WHERE order_no = $1 AND status = 'PAID'", &late_order).await == 1
+    })
+    .await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_lost_notifies_and_expiring_orders() {
+    lost_notifies_and_expiring_orders("v3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_lost_notifies_and_expiring_orders() {
+    lost_notifies_and_expiring_orders("v2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_arriving_while_the_broker_is_away_is_refused_then_lands() {
+    let rabbit = Cutter::start("127.0.0.1:5672").await;
+    let broker = format!("amqp://guest:guest@127.0.0.1:{}/%2f", rabbit.port);
+    let w = WechatFleet::start("wechat-broker-down", "v3", &[], &[("PAYFLEET__BROKER__URL", &broker)]).await;
+    let (order_no, pay_no) = w.created().await;
+    rabbit.cut();
+    eventually(Duration::from_secs(10), "the ingress reports the broker down", || async {
+        w.api.get("/readyz", None).await.unwrap().status == 503
+    })
+    .await;
+    w.sim.pay(&pay_no, None).await;
+    eventually(Duration::from_secs(10), "WeChat got a failure", || async {
+        w.sim.notifies(&pay_no).await.iter().any(|(status, _)| *status >= 500)
+    })
+    .await;
+    rabbit.restore();
+    eventually(Duration::from_secs(30), "a retry lands and settles", || async {
+        w.status(&order_no).await == "SUCCESS"
+    })
+    .await;
+    let notifies = w.sim.notifies(&pay_no).await;
+    assert_eq!(notifies.last().map(|n| n.0), Some(200), "{notifies:?}");
+    w.stop().await;
+}
