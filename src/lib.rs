@@ -12,9 +12,15 @@
 //!    PROCESSING if the reply did not come in time;
 //! 6. `workers::relay` publishes the outbox (order paid → `order.followup`).
 //!
+//! A WeChat payment: the pay-worker begins it and calls the channel's prepay (`channel`,
+//! `wechat`); the ingress verifies WeChat's notify and publishes it to `wechat.notify`;
+//! `workers::notify` settles it; `workers::timeout` closes what runs out of pay time; `sim` is
+//! the WeChat simulator.
+//!
 //! Modules: `domain` (pure types), `config`, `telemetry`, `shutdown`, `auth` (JWT), `password`,
-//! `cache` (Redis), `store` (PostgreSQL), `mq` (RabbitMQ), `ingress` (axum), `workers`, `ctl`
-//! (payctl: demo, bench, fleet supervisor).
+//! `cache` (Redis), `store` (PostgreSQL), `mq` (RabbitMQ), `ingress` (axum), `workers`,
+//! `channel` and `wechat` (WeChat Pay v2/v3), `sim` (wechat-sim), `ctl` (payctl: demo, bench,
+//! fleet supervisor).
 
 pub mod auth;
 pub mod cache;

@@ -57,6 +57,19 @@ fn compact(v: &Value) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+/// The PAYFLEET__WECHAT__… settings that point a fleet at the wechat-sim whose keys are in
+/// `dir` (its payfleet.env) and which listens at `url`.
+pub(crate) fn wechat_sim_env(dir: &std::path::Path, url: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let path = dir.join("payfleet.env");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut env: Vec<(String, String)> =
+        text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+    env.push(("PAYFLEET__WECHAT__API_BASE".into(), url.to_owned()));
+    env.push(("PAYFLEET__WECHAT__MP_API_BASE".into(), url.to_owned()));
+    env.push(("PAYFLEET__WECHAT__API_VERSION".into(), "v3".into()));
+    Ok(env)
+}
+
 /// Secrets the fleet needs: the operator's if set, otherwise throwaway ones for this run.
 pub(crate) fn throwaway_secrets(settings: &Settings) -> Vec<(String, String)> {
     let mut extra = Vec::new();
@@ -82,16 +95,27 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     declare_topology(&settings).await?;
     println!("    database and topology ready");
 
-    step(2, "start the fleet (payfleet-ingress, payfleet-pay-worker)");
-    let mut fleet = Fleet::new(fleet::bin_dir()?, secrets.into_iter().collect(), Logs::Prefixed);
+    step(2, "start wechat-sim (WeChat Pay on loopback) and the fleet");
+    let mut fleet = Fleet::new(fleet::bin_dir()?, secrets.iter().cloned().collect(), Logs::Prefixed);
+    let sim_dir = std::env::current_dir()?.join("target/wechat-sim");
+    let sim_args = ["--listen", "127.0.0.1:0", "--state-dir", &sim_dir.display().to_string()].map(str::to_owned);
+    fleet.spawn_with_args(fleet::WECHAT_SIM, &sim_args, &[])?;
+    let sim_url = fleet.url_of(fleet::WECHAT_SIM, Duration::from_secs(60)).await?;
+    for (key, value) in wechat_sim_env(&sim_dir, &sim_url)? {
+        fleet.set_env(&key, &value);
+    }
     fleet.spawn(fleet::INGRESS, &[])?;
-    fleet.spawn(fleet::PAY_WORKER, &[])?;
     let url = fleet.ingress_url(Duration::from_secs(20)).await?;
+    fleet.spawn(
+        fleet::PAY_WORKER,
+        &[("PAYFLEET__WECHAT__NOTIFY_URL", &format!("{url}/api/v1/payment/wechat/notify"))],
+    )?;
+    fleet.spawn(fleet::NOTIFY_WORKER, &[])?;
     let api = ApiClient::new(&url);
     api.wait_ready(Duration::from_secs(30)).await.context("waiting for /readyz")?;
-    println!("    ingress ready at {url}");
+    println!("    ingress ready at {url}, wechat-sim at {sim_url}");
 
-    let outcome = match scenario(&settings, &api).await {
+    let outcome = match scenario(&settings, &api, &sim_url).await {
         Ok((checks, seeded)) if args.keep_running && checks.failed.is_empty() => {
             print_try_lines(&url, &seeded);
             tokio::signal::ctrl_c().await?;
@@ -122,7 +146,7 @@ struct Seeded {
     goods: i64,
 }
 
-async fn scenario(settings: &Settings, api: &ApiClient) -> anyhow::Result<(Checks, Seeded)> {
+async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow::Result<(Checks, Seeded)> {
     let admin = Admin::connect(settings)?;
     let mut c = Checks { failed: Vec::new(), passed: 0 };
     let m = |s: &str| Money::parse(s).expect("demo amounts are valid");
@@ -204,7 +228,47 @@ async fn scenario(settings: &Settings, api: &ApiClient) -> anyhow::Result<(Check
     let r = api.pay_balance("not-a-token", &fifth, "30.00", "123456").await?;
     c.answer("bad token", &r, 401, "UNAUTHORIZED");
 
-    step(11, "payment status");
+    step(11, "order another ticket (10.00) and pay it with WeChat (wechat-sim plays WeChat and the payer)");
+    let order = api.create_order(&token, ticket, 1).await?;
+    let sixth = order.field("order_no").to_owned();
+    let body = serde_json::json!({
+        "order_no": sixth, "amount": "10.00", "description": "一番赏 ticket",
+        "openid": "oDemoPayer0000000000000000000", "client_ip": "127.0.0.1", "trade_type": "JSAPI",
+    });
+    let r = api.post("/api/v1/payment/wechat/create", Some(&token), &body).await?;
+    show(&r);
+    c.answer("WeChat create (JSAPI)", &r, 200, "SUCCESS");
+    c.expect(
+        "pay params for wx.requestPayment",
+        !r.field("paySign").is_empty() && r.field("signType") == "RSA",
+        r.data(),
+    );
+    let pay_no = r.field("pay_no").to_owned();
+    let status = api.status(&token, &sixth).await?;
+    c.expect("status PAYING while the payer pays", status.field("pay_status") == "PAYING", status.data());
+    println!("    the payer pays at WeChat (POST {sim_url}/sim/pay)…");
+    let http = reqwest::Client::new();
+    http.post(format!("{sim_url}/sim/pay"))
+        .json(&serde_json::json!({ "out_trade_no": pay_no }))
+        .send()
+        .await?
+        .error_for_status()?;
+    let mut settled = false;
+    for _ in 0..100 {
+        if api.status(&token, &sixth).await?.field("pay_status") == "SUCCESS" {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.expect("the notify arrived and settled the order", settled, "still not paid after 10 s");
+    let records: Vec<serde_json::Value> =
+        http.get(format!("{sim_url}/sim/records?out_trade_no={pay_no}")).send().await?.json().await?;
+    for record in records.iter().filter(|r| r["kind"] == "notify") {
+        println!("    wechat-sim sent the notify to {} → HTTP {}", record["endpoint"], record["status"]);
+    }
+
+    step(12, "payment status");
     let r = api.status(&token, &first).await?;
     show(&r);
     c.answer("status", &r, 200, "SUCCESS");
@@ -214,7 +278,7 @@ async fn scenario(settings: &Settings, api: &ApiClient) -> anyhow::Result<(Check
         r.data(),
     );
 
-    step(12, "final balances and the ledger");
+    step(13, "final balances and the ledger");
     let balances = crate::store::users::balances(&admin.db, user).await?.context("the demo user exists")?;
     println!("    balance {}  integral {}  money2 {}", balances.money, balances.integral, balances.money2);
     c.expect(
