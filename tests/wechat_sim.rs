@@ -183,3 +183,216 @@ async fn a_merchant_with_the_wrong_key_is_refused() {
     assert!(matches!(refused, Err(ChannelError::Refused { ref message, .. }) if message == "签名错误"), "{refused:?}");
     std::fs::remove_file(elsewhere).unwrap();
 }
+
+/// Signs v3 requests with the merchant key the simulator wrote, and verifies its answers.
+struct V3Caller {
+    base: String,
+    key: rsa::PrivateKey,
+    serial: String,
+    public_key_id: String,
+    platform: payfleet::wechat::v3::crypto::PlatformKeys,
+    http: reqwest::Client,
+}
+
+impl V3Caller {
+    fn new(sim: &SimHandle) -> V3Caller {
+        let read = |name: &str| std::fs::read_to_string(sim.dir.join(name)).unwrap().trim().to_owned();
+        let mut platform = payfleet::wechat::v3::crypto::PlatformKeys::default();
+        let public_key_id = read("public_key_id");
+        platform
+            .insert(&public_key_id, payfleet::wechat::v3::crypto::public_key_from_pem(&read("pub_key.pem")).unwrap());
+        V3Caller {
+            base: sim.url.clone(),
+            key: payfleet::wechat::v3::crypto::private_key_from_pem(&read("apiclient_key.pem")).unwrap(),
+            serial: read("merchant_serial"),
+            public_key_id,
+            platform,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// (status, body, whether the answer carried a valid WeChat signature)
+    async fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, Vec<u8>, bool) {
+        use payfleet::wechat::v3::sign::{Authorization, nonce};
+        let text = body.map(|b| b.to_string()).unwrap_or_default();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let auth = Authorization::sign(&self.key, "1900000109", &self.serial, (method, path, &text), now, &nonce());
+        let request = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .header("Authorization", auth.header())
+            .header("Wechatpay-Serial", &self.public_key_id)
+            .header("Content-Type", "application/json")
+            .body(text);
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = payfleet::wechat::v3::client::signed_headers(response.headers());
+        let bytes = response.bytes().await.unwrap().to_vec();
+        let signed = self.platform.verify(&headers, &bytes, now).is_ok();
+        (status, bytes, signed)
+    }
+}
+
+fn json_of(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_bills_tokens_and_shipping() {
+    let sim = SimHandle::start(&[100, 100]).await;
+    let (notify_url, inbox) = receiver().await;
+    let wechat = channel(&sim, &[("PAYFLEET__WECHAT__NOTIFY_URL", notify_url.as_str())]);
+    let caller = V3Caller::new(&sim);
+    wechat.prepay(&order("WX0000000001", TradeType::Jsapi)).await.unwrap();
+    let (status, _, _) = caller.call("POST", "/v3/refund/domestic/refunds", Some(serde_json::json!({
+        "out_trade_no": "WX0000000001", "out_refund_no": "RF1", "amount": { "refund": 300, "total": 1000, "currency": "CNY" }
+    }))).await;
+    assert_eq!(status, 400, "an unpaid order cannot be refunded");
+    sim.pay("WX0000000001", None).await;
+    wait_for(&inbox, 1).await;
+
+    // Refunds: partial, idempotent by out_refund_no, never more than was paid; notified.
+    let refund = |no: &'static str, amount: i64| {
+        serde_json::json!({ "out_trade_no": "WX0000000001", "out_refund_no": no, "notify_url": notify_url,
+                            "amount": { "refund": amount, "total": 1000, "currency": "CNY" } })
+    };
+    let (status, body, signed) = caller.call("POST", "/v3/refund/domestic/refunds", Some(refund("RF1", 300))).await;
+    assert_eq!((status, signed), (200, true), "{}", String::from_utf8_lossy(&body));
+    let first = json_of(&body);
+    assert_eq!((first["status"].as_str(), first["amount"]["refund"].as_i64()), (Some("SUCCESS"), Some(300)));
+    let (_, body, _) = caller.call("POST", "/v3/refund/domestic/refunds", Some(refund("RF1", 300))).await;
+    assert_eq!(json_of(&body)["refund_id"], first["refund_id"], "the same out_refund_no is the same refund");
+    let (status, body, _) = caller.call("POST", "/v3/refund/domestic/refunds", Some(refund("RF2", 800))).await;
+    assert_eq!((status, json_of(&body)["code"].as_str()), (400, Some("INVALID_REQUEST")), "more than paid");
+    let (status, body, signed) = caller.call("GET", "/v3/refund/domestic/refunds/RF1", None).await;
+    assert_eq!((status, signed, json_of(&body)["out_trade_no"].as_str()), (200, true, Some("WX0000000001")));
+    let (status, body, _) = caller.call("GET", "/v3/refund/domestic/refunds/RF9", None).await;
+    assert_eq!((status, json_of(&body)["code"].as_str()), (404, Some("RESOURCE_NOT_EXISTS")));
+    let received = wait_for(&inbox, 2).await;
+    let (headers, body) = &received[1];
+    let platform = &caller.platform;
+    platform.verify(headers, body, OffsetDateTime::now_utc().unix_timestamp()).unwrap();
+    let notify: payfleet::wechat::v3::types::Notify = serde_json::from_slice(body).unwrap();
+    assert_eq!(notify.event_type, "REFUND.SUCCESS");
+    let key = std::fs::read_to_string(sim.dir.join("api_v3_key")).unwrap();
+    let plain = payfleet::wechat::v3::crypto::decrypt_resource(
+        key.trim().as_bytes(),
+        &notify.resource.nonce,
+        "refund",
+        &notify.resource.ciphertext,
+    )
+    .unwrap();
+    assert_eq!(json_of(&plain)["refund_status"], "SUCCESS");
+
+    // The trade bill of today (Beijing time): signed answer, unsigned file, SHA-1 over it.
+    let beijing = OffsetDateTime::now_utc().to_offset(time::UtcOffset::from_hms(8, 0, 0).unwrap());
+    let today = format!("{:04}-{:02}-{:02}", beijing.year(), u8::from(beijing.month()), beijing.day());
+    let (status, body, signed) =
+        caller.call("GET", &format!("/v3/bill/tradebill?bill_date={today}&bill_type=ALL"), None).await;
+    assert_eq!((status, signed), (200, true), "{}", String::from_utf8_lossy(&body));
+    let answer = json_of(&body);
+    let url = answer["download_url"].as_str().unwrap();
+    let path = &url[url.find("/v3/").unwrap()..];
+    let (status, file, _) = caller.call("GET", path, None).await;
+    assert_eq!(status, 200);
+    use sha1::Digest;
+    let hash: String = sha1::Sha1::digest(&file).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(answer["hash_value"].as_str(), Some(hash.as_str()));
+    let text = String::from_utf8(file).unwrap();
+    assert!(text.starts_with("\u{feff}交易时间,公众账号ID,商户号"), "BOM and header");
+    assert!(
+        text.contains("`WX0000000001,")
+            && text.contains("`SUCCESS,")
+            && text.contains("`REFUND,")
+            && text.contains("`RF1,")
+    );
+    assert!(text.lines().all(|l| !l.is_empty()) && text.contains("\r\n"), "CRLF lines");
+    assert!(text.contains("总交易单数") && text.contains("`2.0,`10.00,`3.00,"), "the summary: {text}");
+    let (status, body, _) = caller.call("GET", "/v3/bill/tradebill?bill_date=2020-01-01", None).await;
+    assert_eq!((status, json_of(&body)["code"].as_str()), (400, Some("NO_STATEMENT_EXIST")));
+
+    // Access tokens and shipping uploads.
+    let http = reqwest::Client::new();
+    let secret = std::fs::read_to_string(sim.dir.join("app_secret")).unwrap();
+    let token_url = |secret: &str| {
+        format!("{}/cgi-bin/token?grant_type=client_credential&appid=wxd930ea5d5a258f4f&secret={secret}", sim.url)
+    };
+    let bad: serde_json::Value = http.get(token_url("wrong")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(bad["errcode"], 40125);
+    let token: serde_json::Value = http.get(token_url(secret.trim())).send().await.unwrap().json().await.unwrap();
+    let access_token = token["access_token"].as_str().unwrap().to_owned();
+    let ship = |token: String, body: serde_json::Value| {
+        let http = http.clone();
+        let url = format!("{}/wxa/sec/order/upload_shipping_info?access_token={token}", sim.url);
+        async move {
+            http.post(url).json(&body).send().await.unwrap().json::<serde_json::Value>().await.unwrap()["errcode"]
+                .clone()
+        }
+    };
+    let shipping = |openid: &str, list: serde_json::Value| {
+        serde_json::json!({
+            "order_key": { "order_number_type": 1, "mchid": "1900000109", "out_trade_no": "WX0000000001" },
+            "logistics_type": 3, "delivery_mode": 1, "shipping_list": list,
+            "upload_time": "2026-01-01T12:00:00.000+08:00", "payer": { "openid": openid },
+        })
+    };
+    let payer = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
+    assert_eq!(ship("nope".into(), shipping(payer, serde_json::json!([{ "item_desc": "一番赏 A赏" }]))).await, 40001);
+    assert_eq!(ship(access_token.clone(), shipping(payer, serde_json::json!({ "item_desc": "x" }))).await, 47001);
+    assert_eq!(
+        ship(access_token.clone(), shipping("oSomeoneElse", serde_json::json!([{ "item_desc": "x" }]))).await,
+        10060031
+    );
+    // Refunded above, so WeChat refuses to ship it.
+    assert_eq!(ship(access_token.clone(), shipping(payer, serde_json::json!([{ "item_desc": "x" }]))).await, 10060004);
+    // A fresh /cgi-bin/token replaces the old one.
+    let newer: serde_json::Value = http.get(token_url(secret.trim())).send().await.unwrap().json().await.unwrap();
+    assert_ne!(newer["access_token"].as_str(), Some(access_token.as_str()));
+    assert_eq!(ship(access_token, shipping(payer, serde_json::json!([{ "item_desc": "x" }]))).await, 40001);
+
+    // A paid order ships once, and may be re-shipped once more; v2 refund, signed with the
+    // APIv2 key.
+    let v2 = channel(
+        &sim,
+        &[("PAYFLEET__WECHAT__API_VERSION", "v2"), ("PAYFLEET__WECHAT__NOTIFY_URL", notify_url.as_str())],
+    );
+    v2.prepay(&order("WX0000000002", TradeType::Jsapi)).await.unwrap();
+    sim.pay("WX0000000002", None).await;
+    let current = newer["access_token"].as_str().unwrap().to_owned();
+    let mut second = shipping(payer, serde_json::json!([{ "item_desc": "一番赏 A赏" }]));
+    second["order_key"]["out_trade_no"] = serde_json::json!("WX0000000002");
+    assert_eq!(ship(current.clone(), second.clone()).await, 0);
+    assert_eq!(ship(current.clone(), second.clone()).await, 0, "the one re-shipment");
+    assert_eq!(ship(current, second).await, 10060003);
+    let key = std::fs::read_to_string(sim.dir.join("api_v2_key")).unwrap();
+    let mut fields: std::collections::BTreeMap<String, String> = [
+        ("appid", "wxd930ea5d5a258f4f"),
+        ("mch_id", "1900000109"),
+        ("nonce_str", "n0nce"),
+        ("out_trade_no", "WX0000000002"),
+        ("out_refund_no", "RF2-1"),
+        ("total_fee", "1000"),
+        ("refund_fee", "1000"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .into();
+    fields.insert(
+        "sign".into(),
+        payfleet::wechat::v2::sign::sign(&fields, key.trim(), payfleet::wechat::v2::sign::SignType::Md5),
+    );
+    let answer = http
+        .post(format!("{}/secapi/pay/refund", sim.url))
+        .body(payfleet::wechat::v2::xml::write(&fields))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let answer = payfleet::wechat::v2::xml::read(&answer).unwrap();
+    assert_eq!(
+        (answer["return_code"].as_str(), answer["result_code"].as_str(), answer["refund_fee"].as_str()),
+        ("SUCCESS", "SUCCESS", "1000")
+    );
+    assert!(payfleet::wechat::v2::sign::verify(&answer, key.trim(), payfleet::wechat::v2::sign::SignType::Md5));
+}

@@ -4,9 +4,12 @@
 //! or a fault: a duplicate, a delay, no notify at all, a wrong amount, a forged signature, a
 //! stale timestamp, a replayed notify. It records what it received and sent.
 
+mod bill;
 mod control;
 pub mod keys;
+mod mp;
 mod notifier;
+mod refund;
 mod v2;
 mod v3;
 
@@ -83,6 +86,23 @@ pub struct SimOrder {
     pub paid_total: Option<i64>,
 }
 
+/// A refund as WeChat holds it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SimRefund {
+    pub refund_id: String,
+    pub out_refund_no: String,
+    pub out_trade_no: String,
+    pub transaction_id: String,
+    /// Fen.
+    pub refund: i64,
+    pub total: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub notify_url: Option<String>,
+    pub api: Api,
+    pub public_key_mode: bool,
+}
+
 /// One thing the simulator received or sent.
 #[derive(Clone, Debug, Serialize)]
 pub struct Record {
@@ -100,6 +120,13 @@ pub struct Record {
 pub struct Sim {
     pub keys: SimKeys,
     pub orders: Mutex<HashMap<String, SimOrder>>,
+    pub refunds: Mutex<HashMap<String, SimRefund>>,
+    /// Bill files by download token.
+    bills: Mutex<HashMap<String, Vec<u8>>>,
+    /// The current access token and when it expires.
+    access_token: Mutex<Option<(String, OffsetDateTime)>>,
+    /// Shipping uploads per out_trade_no (the first, and one re-shipment).
+    shipments: Mutex<HashMap<String, u32>>,
     /// Request nonces seen (an `Authorization` replayed with the same nonce is refused).
     nonces: Mutex<HashSet<String>>,
     pub records: Mutex<Vec<Record>>,
@@ -148,6 +175,10 @@ pub async fn run(args: SimArgs, listener: tokio::net::TcpListener, stop: Cancell
     let sim = Arc::new(Sim {
         keys,
         orders: Mutex::default(),
+        refunds: Mutex::default(),
+        bills: Mutex::default(),
+        access_token: Mutex::default(),
+        shipments: Mutex::default(),
         nonces: Mutex::default(),
         records: Mutex::default(),
         sent: Mutex::default(),
@@ -162,6 +193,14 @@ pub async fn run(args: SimArgs, listener: tokio::net::TcpListener, stop: Cancell
         .route("/pay/unifiedorder", post(v2::unifiedorder))
         .route("/pay/orderquery", post(v2::orderquery))
         .route("/pay/closeorder", post(v2::closeorder))
+        .route("/v3/refund/domestic/refunds", post(refund::create))
+        .route("/v3/refund/domestic/refunds/{no}", get(refund::query))
+        .route("/secapi/pay/refund", post(refund::v2_refund))
+        .route("/v3/bill/tradebill", get(bill::tradebill))
+        .route("/v3/billdownload/file", get(bill::download))
+        .route("/cgi-bin/token", get(mp::token))
+        .route("/cgi-bin/stable_token", post(mp::stable_token))
+        .route("/wxa/sec/order/upload_shipping_info", post(mp::upload_shipping_info))
         .merge(control::router())
         .with_state(sim.clone());
     let addr = listener.local_addr()?;

@@ -86,14 +86,14 @@ fn body(sim: &Sim, order: &SimOrder) -> Vec<u8> {
 /// forgeries).
 fn v3_headers(
     sim: &Sim,
-    order: &SimOrder,
+    public_key_mode: bool,
     body: &[u8],
     age_secs: i64,
     key: Option<&rsa::PrivateKey>,
 ) -> Vec<(String, String)> {
     let timestamp = (OffsetDateTime::now_utc().unix_timestamp() - age_secs).to_string();
     let nonce = nonce();
-    let (own_key, serial) = if order.public_key_mode {
+    let (own_key, serial) = if public_key_mode {
         (&sim.keys.wechat_key, &sim.keys.public_key_id)
     } else {
         (&sim.keys.platform_key, &sim.keys.platform_serial)
@@ -151,7 +151,8 @@ pub(super) fn deliver(sim: Arc<Sim>, order: SimOrder, copies: usize, delay: Dura
 async fn deliver_one(sim: &Sim, order: &SimOrder, body: &[u8]) {
     let url = &order.notify_url;
     for attempt in 0..=sim.schedule.len() {
-        let headers = if order.api == Api::V3 { v3_headers(sim, order, body, 0, None) } else { Vec::new() };
+        let headers =
+            if order.api == Api::V3 { v3_headers(sim, order.public_key_mode, body, 0, None) } else { Vec::new() };
         let (status, success) = post(sim, order.api, url, body, &headers).await;
         sim.record("notify", url, Some(&order.out_trade_no), status, format!("attempt {}", attempt + 1));
         if success {
@@ -166,6 +167,48 @@ async fn deliver_one(sim: &Sim, order: &SimOrder, body: &[u8]) {
             }
         }
     }
+}
+
+/// Sends a v3 REFUND.SUCCESS notify for a refund to its notify_url, retried on the schedule.
+pub(super) fn deliver_refund(sim: Arc<Sim>, refund: super::SimRefund) {
+    let Some(url) = refund.notify_url.clone() else { return };
+    tokio::spawn(async move {
+        let resource = serde_json::json!({
+            "mchid": sim.keys.mchid, "transaction_id": refund.transaction_id, "out_trade_no": refund.out_trade_no,
+            "refund_id": refund.refund_id, "out_refund_no": refund.out_refund_no, "refund_status": "SUCCESS",
+            "success_time": beijing_rfc3339(refund.created_at), "user_received_account": "支付用户零钱",
+            "amount": { "total": refund.total, "refund": refund.refund, "payer_total": refund.total, "payer_refund": refund.refund },
+        });
+        let resource_nonce: String = nonce()[..12].to_owned();
+        let plain = serde_json::to_vec(&resource).expect("serialises");
+        let notify = Notify {
+            id: uuid::Uuid::new_v4().to_string(),
+            create_time: beijing_rfc3339(OffsetDateTime::now_utc()),
+            event_type: "REFUND.SUCCESS".into(),
+            resource_type: "encrypt-resource".into(),
+            summary: Some("退款成功".into()),
+            resource: Resource {
+                original_type: "refund".into(),
+                algorithm: "AEAD_AES_256_GCM".into(),
+                ciphertext: encrypt_resource(sim.keys.api_v3_key.as_bytes(), &resource_nonce, "refund", &plain),
+                associated_data: Some("refund".into()),
+                nonce: resource_nonce,
+            },
+        };
+        let body = serde_json::to_vec(&notify).expect("serialises");
+        for attempt in 0..=sim.schedule.len() {
+            let headers = v3_headers(&sim, refund.public_key_mode, &body, 0, None);
+            let (status, success) = post(&sim, Api::V3, &url, &body, &headers).await;
+            sim.record("notify", &url, Some(&refund.out_trade_no), status, format!("refund attempt {}", attempt + 1));
+            if success {
+                return;
+            }
+            match sim.schedule.get(attempt) {
+                Some(wait) => tokio::time::sleep(*wait).await,
+                None => return,
+            }
+        }
+    });
 }
 
 /// Sends one forged notify for an order and answers the status the merchant answered.
@@ -203,7 +246,8 @@ pub(super) async fn forge(sim: &Sim, order: &SimOrder, forgery: Forgery) -> Resu
                 }
                 _ => body,
             };
-            let headers = if order.api == Api::V3 { v3_headers(sim, order, &body, age, key) } else { Vec::new() };
+            let headers =
+                if order.api == Api::V3 { v3_headers(sim, order.public_key_mode, &body, age, key) } else { Vec::new() };
             (order.notify_url.clone(), body, headers)
         }
     };

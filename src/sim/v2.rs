@@ -21,13 +21,13 @@ fn xml_response(fields: &Fields) -> Response {
 }
 
 /// A communication-level failure (`return_code` FAIL): not signed.
-fn fail(message: &str) -> Response {
+pub(super) fn fail(message: &str) -> Response {
     let fields: Fields = [("return_code", "FAIL"), ("return_msg", message)].map(|(k, v)| (k.into(), v.into())).into();
     xml_response(&fields)
 }
 
 /// A signed answer: common fields, then `result_code` SUCCESS or FAIL with `err_code`.
-fn answer(sim: &Sim, sign_type: SignType, mut fields: Fields, error: Option<(&str, &str)>) -> Response {
+pub(super) fn answer(sim: &Sim, sign_type: SignType, mut fields: Fields, error: Option<(&str, &str)>) -> Response {
     fields.insert("return_code".into(), "SUCCESS".into());
     fields.insert("return_msg".into(), "OK".into());
     fields.insert("appid".into(), sim.keys.appid.clone());
@@ -50,7 +50,7 @@ fn answer(sim: &Sim, sign_type: SignType, mut fields: Fields, error: Option<(&st
 
 /// Reads and verifies a request; answers its fields and sign type, or the `return_msg` of the
 /// refusal.
-fn authenticate(sim: &Sim, endpoint: &str, body: &str) -> Result<(Fields, SignType), &'static str> {
+pub(super) fn authenticate(sim: &Sim, endpoint: &str, body: &str) -> Result<(Fields, SignType), &'static str> {
     let Ok(fields) = xml::read(body) else {
         sim.record("request", endpoint, None, 200, "XML_FORMAT_ERROR".into());
         return Err("XML格式错误");

@@ -50,16 +50,22 @@ pub(super) fn signed(sim: &Sim, request: &HeaderMap, status: StatusCode, body: V
     response
 }
 
-fn error(sim: &Sim, request: &HeaderMap, status: StatusCode, code: &str, message: &str) -> Response {
+pub(super) fn error(sim: &Sim, request: &HeaderMap, status: StatusCode, code: &str, message: &str) -> Response {
     signed(sim, request, status, serde_json::to_vec(&json!({ "code": code, "message": message })).expect("serialises"))
 }
 
-fn ok_json(sim: &Sim, request: &HeaderMap, value: &impl serde::Serialize) -> Response {
+pub(super) fn ok_json(sim: &Sim, request: &HeaderMap, value: &impl serde::Serialize) -> Response {
     signed(sim, request, StatusCode::OK, serde_json::to_vec(value).expect("serialises"))
 }
 
 /// Checks the merchant's `Authorization` as WeChat does; the refusal's message if it fails.
-fn authenticate(sim: &Sim, method: &Method, uri: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+pub(super) fn authenticate(
+    sim: &Sim,
+    method: &Method,
+    uri: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), &'static str> {
     let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(Authorization::parse) else {
         return Err("Authorization 格式错误或缺失");
     };
