@@ -34,20 +34,21 @@ fn issue(sim: &Sim, force: bool) -> Response {
     Json(json!({ "access_token": value, "expires_in": 7200 })).into_response()
 }
 
+/// The errcode and errmsg of bad credentials, if they are.
 fn check_credentials(
     sim: &Sim,
     grant_type: Option<&str>,
     appid: Option<&str>,
     secret: Option<&str>,
-) -> Result<(), Response> {
+) -> Result<(), (i64, &'static str)> {
     if grant_type != Some("client_credential") {
-        return Err(errcode(40002, "invalid grant_type"));
+        return Err((40002, "invalid grant_type"));
     }
     if appid != Some(sim.keys.appid.as_str()) {
-        return Err(errcode(40013, "invalid appid"));
+        return Err((40013, "invalid appid"));
     }
     if secret != Some(sim.keys.app_secret.as_str()) {
-        return Err(errcode(40125, "invalid appsecret"));
+        return Err((40125, "invalid appsecret"));
     }
     Ok(())
 }
@@ -57,7 +58,7 @@ pub(super) async fn token(State(sim): State<Arc<Sim>>, Query(q): Query<HashMap<S
     match check_credentials(&sim, get("grant_type"), get("appid"), get("secret")) {
         // Every /cgi-bin/token call replaces the token, whoever holds the old one.
         Ok(()) => issue(&sim, true),
-        Err(refused) => refused,
+        Err((code, message)) => errcode(code, message),
     }
 }
 
@@ -73,7 +74,7 @@ pub(super) struct StableToken {
 pub(super) async fn stable_token(State(sim): State<Arc<Sim>>, Json(body): Json<StableToken>) -> Response {
     match check_credentials(&sim, body.grant_type.as_deref(), body.appid.as_deref(), body.secret.as_deref()) {
         Ok(()) => issue(&sim, body.force_refresh),
-        Err(refused) => refused,
+        Err((code, message)) => errcode(code, message),
     }
 }
 
