@@ -124,6 +124,14 @@ async fn prepay_query_close_and_notify(version: &str, extra: &[(&str, &str)]) {
     assert_eq!(wechat.query("WX0000000001").await.unwrap().trade_state, TradeState::Success);
     assert_eq!(wechat.close("WX0000000001").await, Err(ChannelError::AlreadyPaid));
 
+    // A delayed notify arrives, late.
+    wechat.prepay(&order("WX0000000009", TradeType::Jsapi)).await.unwrap();
+    let paid_at = std::time::Instant::now();
+    assert_eq!(sim.pay("WX0000000009", Some("delay")).await.status(), 200);
+    let received = wait_for(&inbox, 2).await;
+    assert!(paid_at.elapsed() >= Duration::from_millis(300), "the delay fault waits delay_ms (300) first");
+    assert_eq!(wechat.verify_notify(&received[1].0, &received[1].1).unwrap().trade.out_trade_no, "WX0000000009");
+
     // Another order, closed before it is paid.
     wechat.prepay(&order("WX0000000002", TradeType::H5)).await.unwrap();
     wechat.close("WX0000000002").await.unwrap();
