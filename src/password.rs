@@ -10,6 +10,8 @@
 //! may sit in a queue or a dead-letter queue for a while. It is sealed with AES-256-GCM under a
 //! key derived from the pepper, so the broker never holds it in the clear.
 
+use std::sync::Arc;
+
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
@@ -17,6 +19,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
+use tokio::sync::Semaphore;
 
 /// What can go wrong with a pay password.
 #[derive(Debug, thiserror::Error)]
@@ -39,12 +42,16 @@ pub struct PasswordHasher {
     cost: u32,
     /// The AES-256-GCM key for sealing, derived once from the pepper.
     seal_key: [u8; 32],
+    /// bcrypt is pure CPU: more at once than there are cores only adds blocking threads (and
+    /// their memory), so hashing waits for one of these.
+    cores: Arc<Semaphore>,
 }
 
 impl PasswordHasher {
     pub fn new(pepper: SecretString, cost: u32) -> PasswordHasher {
         let seal_key = hmac_sha256(pepper.expose_secret().as_bytes(), b"payfleet/pay-password-seal/v1");
-        PasswordHasher { pepper, cost, seal_key }
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        PasswordHasher { pepper, cost, seal_key, cores: Arc::new(Semaphore::new(cores)) }
     }
 
     /// The string bcrypt sees: the password combined with the pepper.
@@ -55,12 +62,14 @@ impl PasswordHasher {
     /// A new bcrypt hash for `password`, computed on the blocking pool.
     pub async fn hash(&self, password: &str) -> Result<String, PasswordError> {
         let (input, cost) = (self.peppered(password), self.cost);
+        let _core = self.cores.acquire().await.expect("the semaphore is never closed");
         Ok(tokio::task::spawn_blocking(move || bcrypt::hash(input, cost)).await??)
     }
 
     /// Whether `password` matches `hash`, computed on the blocking pool.
     pub async fn verify(&self, password: &str, hash: &str) -> Result<bool, PasswordError> {
         let (input, hash) = (self.peppered(password), hash.to_owned());
+        let _core = self.cores.acquire().await.expect("the semaphore is never closed");
         Ok(tokio::task::spawn_blocking(move || bcrypt::verify(input, &hash)).await??)
     }
 

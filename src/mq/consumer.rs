@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::envelope::{self, Meta};
 use super::messages::SCHEMA_VERSION;
-use super::publisher::Publisher;
+use super::publisher::{Publisher, Replier};
 use super::topology::Topology;
 use super::{MqError, connect_with_backoff, reconnect_backoff};
 use crate::config::BrokerSettings;
@@ -151,6 +151,7 @@ async fn session<H: Handler>(
     topology.declare(&channel).await?;
     channel.basic_qos(settings.prefetch, BasicQosOptions::default()).await?;
     let publisher = Publisher::on(channel.clone(), broker.publish_timeout()).await?;
+    let replier = Replier::open(conn).await?;
     let tag = format!("{}-{}", settings.name, uuid::Uuid::new_v4().simple());
     let mut consumer = channel
         .basic_consume(
@@ -190,6 +191,7 @@ async fn session<H: Handler>(
         let context = BatchContext {
             handler: handler.clone(),
             publisher: publisher.clone(),
+            replier: replier.clone(),
             topology: topology.clone(),
             queue: settings.queue,
             stop: stop.clone(),
@@ -213,6 +215,7 @@ async fn session<H: Handler>(
     // Stop taking deliveries, then let the batches in hand commit and ack.
     let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
     while batches.join_next().await.is_some() {}
+    let _ = replier.channel().close(200, "bye".into()).await;
     let _ = channel.close(200, "bye".into()).await;
     outcome
 }
@@ -220,7 +223,10 @@ async fn session<H: Handler>(
 /// Everything a batch task needs.
 struct BatchContext<H> {
     handler: Arc<H>,
+    /// Retries and dead letters, confirmed.
     publisher: Publisher,
+    /// Replies, unconfirmed.
+    replier: Replier,
     topology: Topology,
     queue: &'static str,
     stop: CancellationToken,
@@ -326,7 +332,7 @@ impl<H: Handler> BatchContext<H> {
     async fn reply(&self, meta: &Meta, body: &[u8]) {
         let Some(reply_to) = meta.reply_to.as_deref() else { return };
         let correlation = meta.correlation_id.as_deref().or(meta.message_id.as_deref()).unwrap_or_default();
-        if let Err(e) = self.publisher.reply(reply_to, correlation, body).await {
+        if let Err(e) = self.replier.reply(reply_to, correlation, body).await {
             tracing::warn!(error = %e, message_id = ?meta.message_id, "could not send the reply; the result stays in the database");
         }
     }

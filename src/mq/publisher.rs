@@ -52,20 +52,34 @@ impl Publisher {
         let confirm = self.channel.basic_publish("".into(), queue.into(), options, body, properties).await?;
         Ok(PendingConfirm { confirm, queue: queue.to_owned(), timeout: self.confirm_timeout })
     }
+}
 
-    /// Sends a reply to a direct reply-to address. Not mandatory: if the requester is gone
-    /// (it timed out and answered 202), the reply is dropped by design, and the payment's
-    /// result is in the database either way.
+/// Sends replies to direct reply-to addresses, on a channel of its own *without* confirms:
+/// nothing depends on a reply being stored (if the requester is gone, having answered 202, the
+/// reply is dropped by design; the result is in the database either way), and a confirm
+/// channel keeps every confirm nobody awaits until the channel closes.
+#[derive(Clone)]
+pub struct Replier {
+    channel: Channel,
+}
+
+impl Replier {
+    pub async fn open(conn: &Connection) -> Result<Replier, MqError> {
+        Ok(Replier { channel: conn.create_channel().await? })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
     pub async fn reply(&self, reply_to: &str, correlation_id: &str, body: &[u8]) -> Result<(), MqError> {
         let properties = BasicProperties::default()
             .with_correlation_id(correlation_id.into())
             .with_content_type("application/json".into());
-        // The confirm is not awaited: nothing depends on the reply being stored.
-        drop(
-            self.channel
-                .basic_publish("".into(), reply_to.into(), BasicPublishOptions::default(), body, properties)
-                .await?,
-        );
+        let options = BasicPublishOptions::default();
+        let confirm = self.channel.basic_publish("".into(), reply_to.into(), options, body, properties).await?;
+        // Not in confirm mode: this resolves at once (NotRequested) and leaves nothing behind.
+        let _ = confirm.await;
         Ok(())
     }
 }
