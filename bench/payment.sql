@@ -8,7 +8,9 @@
 BEGIN;
 WITH pick AS MATERIALIZED (SELECT 'PGB' || lpad(nextval('pgbench_pick')::text, 10, '0') AS order_no)
 SELECT o.order_no, o.user_id, o.goods_id, o.kind, o.num, o.amount, o.status, o.pay_no,
-       o.expires_at <= now() AS expired, nextval('pay_no_seq') AS seq, now() AS now
+       o.expires_at <= now() AS expired,
+       EXISTS (SELECT 1 FROM payments p WHERE p.order_no = o.order_no AND p.method = 'wechat' AND p.status = 'PAYING') AS wechat_paying,
+       nextval('pay_no_seq') AS seq, now() AS now
 FROM pick JOIN orders o ON o.order_no = pick.order_no
 ORDER BY o.order_no
 FOR UPDATE OF o \gset

@@ -113,6 +113,10 @@ async fn create_pay_notify_settle(version: &str) {
     assert_eq!(retry.status, 200, "{:?}", retry.body);
     assert_eq!(retry.data()["new_pay_info"]["package"], r.data()["package"]);
     assert_ne!(retry.data()["new_pay_info"]["nonceStr"], r.data()["nonceStr"], "freshly signed");
+    // The prepay is bound to its payer: another openid cannot take it over.
+    let other = json!({ "order_no": order_no, "amount": "10.00", "openid": "oSomeoneElse", "trade_type": "JSAPI" });
+    let r2 = w.api.post("/api/v1/payment/wechat/create", Some(&w.token), &other).await.unwrap();
+    assert_eq!((r2.status, r2.code()), (422, "VALIDATION"), "{:?}", r2.body);
 
     assert_eq!(w.sim.pay(&pay_no, None).await.status(), 200);
     eventually(Duration::from_secs(20), "the notify settles the order", || async {

@@ -12,6 +12,14 @@ impl Cache {
         self.claim(key, ttl).await
     }
 
+    /// Gives a claimed nonce back (its notify could not be queued, so its retry must pass).
+    pub async fn release_notify_nonce(&self, nonce: &str) -> Result<(), CacheError> {
+        let key = self.key(format_args!("wechat_notify_nonce:{nonce}"));
+        let mut conn = self.conn.clone();
+        let _: u64 = redis::cmd("DEL").arg(key).query_async(&mut conn).await?;
+        Ok(())
+    }
+
     /// Whether a status sync of this payment may query WeChat now (at most once per `every`).
     pub async fn claim_status_sync(&self, pay_no: &str, every: Duration) -> Result<bool, CacheError> {
         let key = self.key(format_args!("wechat_status_sync:{pay_no}"));

@@ -20,6 +20,8 @@ pub enum Code {
     /// The order is closed or its pay time ran out.
     #[serde(rename = "ORDERCLOSED")]
     OrderClosed,
+    /// A WeChat payment of the order is waiting for the payer: another method would pay twice.
+    OrderPaying,
     PasswordWrong,
     PasswordLocked,
     /// The user has not set a pay password yet.
@@ -44,6 +46,7 @@ impl Code {
             Code::SignError => "SIGNERROR",
             Code::OrderPaid => "ORDERPAID",
             Code::OrderClosed => "ORDERCLOSED",
+            Code::OrderPaying => "ORDER_PAYING",
             Code::PasswordWrong => "PASSWORD_WRONG",
             Code::PasswordLocked => "PASSWORD_LOCKED",
             Code::PasswordNotSet => "PASSWORD_NOT_SET",
@@ -69,6 +72,7 @@ mod tests {
             Code::SignError,
             Code::OrderPaid,
             Code::OrderClosed,
+            Code::OrderPaying,
             Code::PasswordWrong,
             Code::PasswordLocked,
             Code::PasswordNotSet,

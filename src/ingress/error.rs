@@ -92,7 +92,7 @@ fn status_of(code: Code) -> StatusCode {
         Code::Unauthorized | Code::SignError => StatusCode::UNAUTHORIZED,
         Code::PasswordWrong | Code::PasswordNotSet => StatusCode::FORBIDDEN,
         Code::NotFound => StatusCode::NOT_FOUND,
-        Code::OrderPaid | Code::OrderClosed | Code::NotEnough => StatusCode::CONFLICT,
+        Code::OrderPaid | Code::OrderClosed | Code::OrderPaying | Code::NotEnough => StatusCode::CONFLICT,
         Code::PasswordLocked => StatusCode::TOO_MANY_REQUESTS,
         Code::SystemError => StatusCode::INTERNAL_SERVER_ERROR,
     }

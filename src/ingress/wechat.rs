@@ -228,6 +228,9 @@ async fn notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
         }
         Err(e) => {
             tracing::warn!(error = %e, notify_id = %verified.id, "cannot queue a WeChat notify; WeChat will send it again");
+            if let (false, Some(nonce)) = (xml, signed.nonce.as_deref()) {
+                let _ = app.cache.release_notify_nonce(nonce).await;
+            }
             notify_answer(xml, StatusCode::SERVICE_UNAVAILABLE, "FAIL", "try again later")
         }
     }

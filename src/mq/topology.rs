@@ -74,7 +74,9 @@ impl Topology {
 
     /// The retry schedule of a work queue.
     fn schedule(&self, base: &str) -> &[u64] {
-        if base == ORDER_NOTIFY || base == SHIPPING_NOTICE {
+        // Outgoing notices, and expiry checks (which must outlast a WeChat outage), retry on
+        // WeChat's long schedule.
+        if base == ORDER_NOTIFY || base == SHIPPING_NOTICE || base == PAY_TIMEOUT {
             &self.notice_retry_delays_ms
         } else {
             &self.retry_delays_ms
@@ -201,6 +203,8 @@ mod tests {
         assert_eq!(t.retry_delay(ORDER_NOTIFY, 15), Some(21_600_000));
         assert_eq!(t.retry_delay(ORDER_NOTIFY, 16), None);
         assert!(t.all_queues().contains(&"t1.order.notify.retry.6h".to_owned()));
+        assert_eq!(t.retry_delay(PAY_TIMEOUT, 15), Some(21_600_000), "expiry checks outlast a WeChat outage");
+        assert!(t.all_queues().contains(&"t1.pay.timeout.wait".to_owned()));
         assert_eq!(delay_label(180_000), "3m");
         assert_eq!(delay_label(750), "750ms");
         assert_eq!(delay_label(7_200_000), "2h");

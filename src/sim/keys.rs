@@ -7,17 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use rsa::PrivateKey;
-use rsa::pkcs8::EncodePublicKey;
-use rsa::sha2::Sha256;
-use x509_cert::builder::profile::cabf::Root;
-use x509_cert::builder::{Builder, CertificateBuilder};
-use x509_cert::der::EncodePem;
-use x509_cert::der::pem::LineEnding;
-use x509_cert::name::Name;
-use x509_cert::serial_number::SerialNumber;
-use x509_cert::spki::SubjectPublicKeyInfoOwned;
-use x509_cert::time::Validity;
 
+use crate::wechat::v3::cert::issue_certificate;
 use crate::wechat::v3::crypto::{private_key_from_pem, private_key_to_pem, public_key_to_pem};
 
 /// Everything the simulator signs, verifies and encrypts with.
@@ -107,18 +98,7 @@ impl SimKeys {
 
     /// A self-signed X.509 certificate for the platform key, with the platform serial.
     fn platform_certificate(&self) -> anyhow::Result<String> {
-        let serial_bytes: Vec<u8> = (0..self.platform_serial.len() / 2)
-            .map(|i| u8::from_str_radix(&self.platform_serial[2 * i..2 * i + 2], 16))
-            .collect::<Result<_, _>>()?;
-        let serial = SerialNumber::new(&serial_bytes)?;
-        let subject: Name = "CN=Tenpay.com Root CA,O=wechat-sim,C=CN".parse()?;
-        let validity = Validity::from_now(std::time::Duration::from_secs(5 * 365 * 24 * 3600))?;
-        let spki_der = self.platform_key.to_public_key().to_public_key_der()?;
-        let spki = SubjectPublicKeyInfoOwned::try_from(spki_der.as_bytes())?;
-        let signer = rsa::pkcs1v15::SigningKey::<Sha256>::new(self.platform_key.clone());
-        let builder = CertificateBuilder::new(Root::new(false, subject)?, serial, validity, spki)?;
-        let cert = builder.build::<_, rsa::pkcs1v15::Signature>(&signer)?;
-        Ok(cert.to_pem(LineEnding::LF)?)
+        issue_certificate(&self.platform_key, &self.platform_serial, "CN=Tenpay.com Root CA,O=wechat-sim,C=CN")
     }
 
     /// The settings that point payfleet at these keys (v3 in public-key mode, v2 key too).

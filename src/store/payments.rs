@@ -83,6 +83,8 @@ struct LockedOrder {
     status: String,
     pay_no: Option<String>,
     expired: bool,
+    /// A WeChat payment of the order waits for the payer (its create locked the order too).
+    wechat_paying: bool,
     seq: i64,
     now: OffsetDateTime,
 }
@@ -121,7 +123,10 @@ async fn apply_round(pool: &PgPool, items: &[&AssetPayment]) -> Result<Vec<Appli
     let order_nos: Vec<&str> = items.iter().map(|p| p.order_no.as_str()).collect();
     let orders: Vec<LockedOrder> = sqlx::query_as(
         "SELECT order_no, user_id, goods_id, kind, num, amount, status, pay_no,
-                expires_at <= now() AS expired, nextval('pay_no_seq') AS seq, now() AS now
+                expires_at <= now() AS expired,
+                EXISTS (SELECT 1 FROM payments p
+                        WHERE p.order_no = orders.order_no AND p.method = 'wechat' AND p.status = 'PAYING') AS wechat_paying,
+                nextval('pay_no_seq') AS seq, now() AS now
          FROM orders
          WHERE order_no = ANY($1)
          ORDER BY order_no
@@ -274,6 +279,10 @@ fn decide(payment: &AssetPayment, order: Option<&LockedOrder>, paid_by: Option<U
         })),
         Some(OrderStatus::Closed) => refuse(Code::OrderClosed, "order is closed"),
         _ if order.expired => refuse(Code::OrderClosed, "order's pay time has run out; place a new order"),
+        _ if order.wechat_paying => refuse(
+            Code::OrderPaying,
+            "a WeChat payment of this order is waiting; finish it, or pay another way once it expires",
+        ),
         _ if order.amount != payment.amount.as_decimal() => refuse(
             Code::AmountMismatch,
             &format!(

@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::channel::{Prepaid, Trade, TradeType};
+use crate::channel::{Prepaid, Trade, TradeState, TradeType};
 use crate::domain::payment::Refusal;
 use crate::domain::{Code, GoodsKind, Money, OrderStatus, PayMethod};
 use crate::mq::messages::{OrderPaid, TradeReported, TradeSource, WechatCreateRequested};
@@ -23,15 +23,26 @@ pub enum Begun {
         pay_no: String,
         prepaid: Prepaid,
     },
-    /// Call the channel's prepay for this payment (new, or its prepay went stale).
+    /// Call the channel's prepay for this payment (new, or its prepay went stale), with the
+    /// details it was begun with: WeChat refuses one out_trade_no with other parameters.
     Prepay {
         pay_no: String,
         expires_at: OffsetDateTime,
+        details: PrepayDetails,
     },
 }
 
+/// What the channel order was (or is to be) created with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrepayDetails {
+    pub description: String,
+    pub openid: Option<String>,
+    pub client_ip: String,
+}
+
 type OrderRow = (i64, Decimal, String, bool, OffsetDateTime);
-type PaymentRow = (String, String, Option<String>, Option<serde_json::Value>, bool);
+type PaymentRow =
+    (String, String, Option<String>, Option<serde_json::Value>, bool, Option<String>, Option<String>, Option<String>);
 
 /// Checks the order and finds or creates its WeChat payment, in one transaction.
 pub async fn begin(
@@ -66,7 +77,8 @@ pub async fn begin(
         return refuse(Code::AmountMismatch, &message);
     }
     let existing: Option<PaymentRow> = sqlx::query_as(
-        "SELECT pay_no, status, trade_type, prepaid, prepaid_at > now() - make_interval(secs => $2)
+        "SELECT pay_no, status, trade_type, prepaid, coalesce(prepaid_at > now() - make_interval(secs => $2), false),
+                description, openid, client_ip
          FROM payments WHERE order_no = $1 AND method = 'wechat'",
     )
     .bind(&request.order_no)
@@ -93,9 +105,14 @@ pub async fn begin(
             .bind(api_version)
             .fetch_one(&mut *tx)
             .await?;
-            Begun::Prepay { pay_no, expires_at }
+            let details = PrepayDetails {
+                description: request.description.clone(),
+                openid: request.openid.clone(),
+                client_ip: request.client_ip.clone(),
+            };
+            Begun::Prepay { pay_no, expires_at, details }
         }
-        Some((pay_no, status, trade_type, prepaid, fresh)) => {
+        Some((pay_no, status, trade_type, prepaid, fresh, description, openid, client_ip)) => {
             if status != "PAYING" {
                 return refuse(Code::OrderClosed, "this order's WeChat payment was closed; place a new order");
             }
@@ -106,9 +123,20 @@ pub async fn begin(
                 );
                 return refuse(Code::Validation, &message);
             }
+            // A JSAPI prepay is bound to the payer's openid.
+            if request.trade_type == TradeType::Jsapi && openid != request.openid {
+                return refuse(Code::Validation, "this order's WeChat payment belongs to another payer (openid)");
+            }
             match prepaid.filter(|_| fresh).and_then(|p| serde_json::from_value::<Prepaid>(p).ok()) {
                 Some(prepaid) => Begun::Reuse { pay_no, prepaid },
-                None => Begun::Prepay { pay_no, expires_at },
+                None => {
+                    let details = PrepayDetails {
+                        description: description.unwrap_or_else(|| request.description.clone()),
+                        openid,
+                        client_ip: client_ip.unwrap_or_else(|| request.client_ip.clone()),
+                    };
+                    Begun::Prepay { pay_no, expires_at, details }
+                }
             }
         }
     };
@@ -230,9 +258,9 @@ pub enum Settlement {
     Settled,
     /// Already settled by an earlier report: nothing changed.
     Duplicate,
-    /// The trade failed or closed at WeChat; recorded on the payment.
+    /// The trade was closed at WeChat; recorded on the payment.
     RecordedFailure,
-    /// The trade is still waiting for the payer.
+    /// The trade is still waiting for the payer (or an attempt failed and it can be paid again).
     Pending,
     /// Must not settle; an alert was recorded.
     Alert(String),
@@ -355,15 +383,16 @@ pub async fn settle(
                     }
                     Settlement::Settled
                 }
-            } else if trade.trade_state.is_final() {
-                let new_status =
-                    if matches!(trade.trade_state, crate::channel::TradeState::Closed) { "CLOSED" } else { "FAILED" };
-                sqlx::query("UPDATE payments SET status = $2, notify_raw = $3 WHERE pay_no = $1 AND status = 'PAYING'")
-                    .bind(pay_no)
-                    .bind(new_status)
-                    .bind(&report.raw)
-                    .execute(&mut *tx)
-                    .await?;
+            } else if matches!(trade.trade_state, TradeState::Closed | TradeState::Revoked) {
+                // The WeChat order can no longer be paid. (A failed attempt, PAYERROR, leaves it
+                // payable: the payment stays PAYING, and the expiry check closes it.)
+                sqlx::query(
+                    "UPDATE payments SET status = 'CLOSED', notify_raw = $2 WHERE pay_no = $1 AND status = 'PAYING'",
+                )
+                .bind(pay_no)
+                .bind(&report.raw)
+                .execute(&mut *tx)
+                .await?;
                 Settlement::RecordedFailure
             } else {
                 Settlement::Pending

@@ -395,18 +395,18 @@ impl PayHandler {
                 pay_params: wechat.pay_params(prepaid),
             }))
         };
-        let (pay_no, expires_at) = match begun {
+        let (pay_no, expires_at, details) = match begun {
             Begun::Refused(refusal) => return refused(refusal),
             Begun::Reuse { pay_no, prepaid } => return reply(pay_no, &prepaid),
-            Begun::Prepay { pay_no, expires_at } => (pay_no, expires_at),
+            Begun::Prepay { pay_no, expires_at, details } => (pay_no, expires_at, details),
         };
         let order = PrepayOrder {
             out_trade_no: pay_no.clone(),
-            description: r.description.clone(),
+            description: details.description,
             amount: r.amount,
             trade_type: r.trade_type,
-            openid: r.openid.clone(),
-            client_ip: r.client_ip.clone(),
+            openid: details.openid,
+            client_ip: details.client_ip,
             expires_at,
         };
         match wechat.prepay(&order).await {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
-use super::pay::{channel_error, db_error};
-use crate::channel::{ChannelError, PayChannel};
+use super::pay::db_error;
+use crate::channel::{ChannelError, PayChannel, TradeState};
 use crate::domain::OrderStatus;
 use crate::mq::consumer::{HandleError, Handler, Incoming, Outcome};
 use crate::mq::messages::PayTimeoutDue;
@@ -47,17 +47,18 @@ impl TimeoutHandler {
                     store::wechat::report_trade(&self.db, &trade).await.map_err(|e| db_error(&e))?;
                     return Ok(Outcome::default());
                 }
-                Ok(trade) if trade.trade_state.is_final() => {}
+                // Closed at WeChat already; anything else (NOTPAY, a failed attempt) is closed now.
+                Ok(trade) if matches!(trade.trade_state, TradeState::Closed | TradeState::Revoked) => {}
                 Ok(_) | Err(ChannelError::NotFound) => match wechat.close(&pay_no).await {
                     Ok(()) | Err(ChannelError::Closed) | Err(ChannelError::NotFound) => {}
                     Err(ChannelError::AlreadyPaid) => {
-                        let trade = wechat.query(&pay_no).await.map_err(|e| channel_error(&e))?;
+                        let trade = wechat.query(&pay_no).await.map_err(|e| retry_later(&e))?;
                         store::wechat::report_trade(&self.db, &trade).await.map_err(|e| db_error(&e))?;
                         return Ok(Outcome::default());
                     }
-                    Err(e) => return Err(channel_error(&e)),
+                    Err(e) => return Err(retry_later(&e)),
                 },
-                Err(e) => return Err(channel_error(&e)),
+                Err(e) => return Err(retry_later(&e)),
             }
         }
         if store::wechat::expire(&self.db, order_no).await.map_err(|e| db_error(&e))? {
@@ -65,6 +66,13 @@ impl TimeoutHandler {
         }
         Ok(Outcome::default())
     }
+}
+
+/// Whatever WeChat answered, an expiry check must not give up: it retries on WeChat's long
+/// schedule (hours), so an outage or a configuration an operator fixes is waited out.
+fn retry_later(e: &ChannelError) -> HandleError {
+    tracing::warn!(error = %e, "expiry check cannot reach a verdict at WeChat; retrying later");
+    HandleError::Retryable(format!("WeChat: {e}"))
 }
 
 impl Handler for TimeoutHandler {

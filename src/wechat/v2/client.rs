@@ -106,11 +106,18 @@ impl Client {
         Ok(answer)
     }
 
-    /// Verifies a v2 pay notify (XML). The sign type is the notify's own `sign_type`, or the
-    /// one orders are created with (WeChat often omits it for HMAC-SHA256 orders).
+    /// Verifies a v2 pay notify (XML). The sign type is the notify's own `sign_type`, or, as
+    /// WeChat often omits it (for HMAC-SHA256 orders too), the one the sign's length says: 32
+    /// hex digits MD5, 64 HMAC-SHA256 — so orders created before a switch of sign type verify.
     pub fn verify_notify(&self, body: &str) -> Result<VerifiedNotify, String> {
         let fields = xml::read(body).map_err(|e| e.to_string())?;
-        let sign_type = fields.get("sign_type").and_then(|t| SignType::parse(t)).unwrap_or(self.sign_type);
+        let by_length = match fields.get("sign").map(String::len) {
+            Some(32) => Some(SignType::Md5),
+            Some(64) => Some(SignType::HmacSha256),
+            _ => None,
+        };
+        let sign_type =
+            fields.get("sign_type").and_then(|t| SignType::parse(t)).or(by_length).unwrap_or(self.sign_type);
         if !verify(&fields, self.key.expose_secret(), sign_type) {
             return Err("sign does not verify".into());
         }
@@ -262,6 +269,39 @@ mod tests {
         assert_eq!(beijing_compact(t), "20240101080000");
         assert_eq!(parse_beijing_compact("20240101080000"), Some(t));
         assert_eq!(parse_beijing_compact("2024-01-01"), None);
+    }
+
+    #[test]
+    fn a_notify_without_sign_type_verifies_by_its_signs_length() {
+        let key = "0123456789abcdef0123456789abcdef";
+        // Configured for HMAC-SHA256, receiving a notify of an order created with MD5.
+        let client = Client {
+            http: reqwest::Client::new(),
+            base: String::new(),
+            appid: "wx1".into(),
+            mchid: "10000100".into(),
+            notify_url: String::new(),
+            key: SecretString::from(key.to_owned()),
+            sign_type: SignType::HmacSha256,
+        };
+        let mut f: BTreeMap<String, String> = [
+            ("return_code", "SUCCESS"),
+            ("result_code", "SUCCESS"),
+            ("appid", "wx1"),
+            ("mch_id", "10000100"),
+            ("out_trade_no", "WX1"),
+            ("transaction_id", "4200"),
+            ("total_fee", "1000"),
+        ]
+        .map(|(k, v)| (k.into(), v.into()))
+        .into();
+        for sign_type in [SignType::Md5, SignType::HmacSha256] {
+            f.insert("sign".into(), sign(&f, key, sign_type));
+            let notify = client.verify_notify(&xml::write(&f)).unwrap();
+            assert_eq!((notify.id.as_str(), notify.trade.total_fen), ("4200", Some(1000)));
+        }
+        f.insert("sign".into(), sign(&f, "another key, another key, anothe", SignType::Md5));
+        assert!(client.verify_notify(&xml::write(&f)).is_err());
     }
 
     #[test]

@@ -1,0 +1,131 @@
+//! Settling WeChat payments from reported trades, against the real database: only a trade of
+//! ours, for our merchant and the order's amount, settles; once; a failed attempt leaves the
+//! payment payable; a closed trade closes it.
+
+mod common;
+
+use common::{TestEnv, m};
+use payfleet::channel::{Trade, TradeState, TradeType};
+use payfleet::mq::messages::{TradeReported, TradeSource, WechatCreateRequested};
+use payfleet::store::wechat::{Begun, Settlement, begin, settle};
+use std::time::Duration;
+
+const APPID: &str = "wxd930ea5d5a258f4f";
+const MCHID: &str = "1900000109";
+
+async fn begun(env: &TestEnv, user: i64, order_no: &str) -> String {
+    let request = WechatCreateRequested {
+        request_id: uuid::Uuid::new_v4(),
+        user_id: user,
+        order_no: order_no.to_owned(),
+        amount: m("10.00"),
+        description: "ticket".into(),
+        trade_type: TradeType::Jsapi,
+        openid: Some("oPayer".into()),
+        client_ip: "127.0.0.1".into(),
+        requested_at: time::OffsetDateTime::now_utc(),
+    };
+    match begin(&env.admin.db, &request, "v3", Duration::from_secs(7000)).await.unwrap() {
+        Begun::Prepay { pay_no, .. } => pay_no,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn report(pay_no: &str, state: TradeState, total: i64, appid: &str) -> TradeReported {
+    TradeReported {
+        source: TradeSource::Notify,
+        report_id: uuid::Uuid::new_v4().to_string(),
+        event_type: "TRANSACTION.SUCCESS".into(),
+        trade: Trade {
+            appid: appid.into(),
+            mchid: MCHID.into(),
+            out_trade_no: pay_no.into(),
+            transaction_id: Some("4200000001".into()),
+            trade_state: state,
+            total_fen: Some(total),
+            success_time: Some(time::OffsetDateTime::now_utc()),
+            payer_openid: Some("oPayer".into()),
+        },
+        raw: "{}".into(),
+    }
+}
+
+async fn payment_status(env: &TestEnv, pay_no: &str) -> String {
+    sqlx::query_scalar("SELECT status FROM payments WHERE pay_no = $1")
+        .bind(pay_no)
+        .fetch_one(&env.admin.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_matching_trade_settles_and_only_once() {
+    let env = TestEnv::new().await;
+    let (user, _) = env.user("0", "0", "0").await;
+    let goods = env.goods("10.00").await;
+    let orders = env.orders(user, goods, 2).await;
+    let pay_no = begun(&env, user, &orders[0]).await;
+    let db = &env.admin.db;
+
+    // A failed attempt: still payable.
+    assert_eq!(
+        settle(db, &report(&pay_no, TradeState::Payerror, 1000, APPID), APPID, MCHID).await.unwrap(),
+        Settlement::Pending
+    );
+    assert_eq!(payment_status(&env, &pay_no).await, "PAYING");
+    // Another merchant's appid, the wrong amount, an unknown trade: alerts, nothing paid.
+    let alert = settle(db, &report(&pay_no, TradeState::Success, 1000, "wxother"), APPID, MCHID).await.unwrap();
+    assert!(matches!(alert, Settlement::Alert(ref d) if d.starts_with("merchant_mismatch")), "{alert:?}");
+    let alert = settle(db, &report(&pay_no, TradeState::Success, 999, APPID), APPID, MCHID).await.unwrap();
+    assert!(matches!(alert, Settlement::Alert(ref d) if d.starts_with("amount_mismatch")), "{alert:?}");
+    let alert = settle(db, &report("WX0000000000404", TradeState::Success, 1000, APPID), APPID, MCHID).await.unwrap();
+    assert!(matches!(alert, Settlement::Alert(ref d) if d.starts_with("unknown_trade")), "{alert:?}");
+    assert_eq!(payment_status(&env, &pay_no).await, "PAYING");
+    let kinds: Vec<(String, String)> = payfleet::store::wechat::alerts(db, &orders[0]).await.unwrap();
+    assert_eq!(kinds.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["merchant_mismatch", "amount_mismatch"]);
+
+    // The real one settles, once, however often it is reported.
+    assert_eq!(
+        settle(db, &report(&pay_no, TradeState::Success, 1000, APPID), APPID, MCHID).await.unwrap(),
+        Settlement::Settled
+    );
+    let reports: Vec<TradeReported> = (0..5).map(|_| report(&pay_no, TradeState::Success, 1000, APPID)).collect();
+    let again = futures_util::future::join_all(reports.iter().map(|r| settle(db, r, APPID, MCHID))).await;
+    assert!(again.into_iter().all(|s| s.unwrap() == Settlement::Duplicate));
+    assert_eq!(payment_status(&env, &pay_no).await, "SUCCESS");
+    let (status, order_pay_no): (String, String) =
+        sqlx::query_as("SELECT status, pay_no FROM orders WHERE order_no = $1")
+            .bind(&orders[0])
+            .fetch_one(db)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), order_pay_no.as_str()), ("PAID", pay_no.as_str()));
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE kind = 'order_paid'").fetch_one(db).await.unwrap();
+    assert_eq!(events, 1);
+    env.audit_is_clean().await;
+
+    // A trade closed at WeChat closes the payment; the order cannot get a new one.
+    let closed = begun(&env, user, &orders[1]).await;
+    let outcome = settle(db, &report(&closed, TradeState::Closed, 1000, APPID), APPID, MCHID).await.unwrap();
+    assert_eq!(outcome, Settlement::RecordedFailure);
+    assert_eq!(payment_status(&env, &closed).await, "CLOSED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_wechat_payment_keeps_other_methods_out() {
+    let env = TestEnv::new().await;
+    let app = env.start_in_process().await;
+    let (user, token) = env.user("100.00", "1000", "0").await;
+    let goods = env.goods("10.00").await;
+    let order = env.orders(user, goods, 1).await.remove(0);
+    let pay_no = begun(&env, user, &order).await;
+    let r = app.api.pay_integral(&token, &order, "100.00", "10.00").await.unwrap();
+    assert_eq!((r.status, r.code()), (409, "ORDER_PAYING"), "{:?}", r.body);
+    assert_eq!(env.balances(user).await.integral, m("1000"));
+    // Once WeChat closed it, another method may pay.
+    settle(&env.admin.db, &report(&pay_no, TradeState::Closed, 1000, APPID), APPID, MCHID).await.unwrap();
+    let r = app.api.pay_integral(&token, &order, "100.00", "10.00").await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    app.stop().await;
+}
