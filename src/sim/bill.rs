@@ -6,16 +6,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{OriginalUri, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use sha1::{Digest, Sha1};
 use time::{Date, OffsetDateTime, UtcOffset};
 
 use super::Sim;
-use super::v3::{authenticate, error, ok_json};
+use super::v3::{Signed, error, ok_json};
 use crate::domain::Money;
 
 const HEADER: &str = "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注";
@@ -138,16 +137,11 @@ fn bill(sim: &Sim, date: Date) -> Option<Vec<u8>> {
 
 pub(super) async fn tradebill(
     State(sim): State<Arc<Sim>>,
-    OriginalUri(uri): OriginalUri,
     Query(query): Query<HashMap<String, String>>,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
+    signed: Signed,
 ) -> Response {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
-    if let Err(message) = authenticate(&sim, &method, path, &headers, &body) {
-        return error(&sim, &headers, StatusCode::UNAUTHORIZED, "SIGN_ERROR", message);
-    }
+    let Signed { path, headers, .. } = signed;
+    let path = path.as_str();
     let date_format = time::macros::format_description!("[year]-[month]-[day]");
     let Some(date) = query.get("bill_date").and_then(|d| Date::parse(d, &date_format).ok()) else {
         return error(&sim, &headers, StatusCode::BAD_REQUEST, "PARAM_ERROR", "bill_date 格式错误");
@@ -179,16 +173,10 @@ pub(super) async fn tradebill(
 /// The file itself: Authorization required, the answer not signed (as at WeChat).
 pub(super) async fn download(
     State(sim): State<Arc<Sim>>,
-    OriginalUri(uri): OriginalUri,
     Query(query): Query<HashMap<String, String>>,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
+    signed: Signed,
 ) -> Response {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
-    if let Err(message) = authenticate(&sim, &method, path, &headers, &body) {
-        return error(&sim, &headers, StatusCode::UNAUTHORIZED, "SIGN_ERROR", message);
-    }
+    let headers = signed.headers;
     let file = query.get("token").and_then(|t| sim.bills.lock().expect("bills lock").get(t).cloned());
     match file {
         Some(file) => ([("content-type", "application/octet-stream")], file).into_response(),

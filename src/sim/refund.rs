@@ -6,15 +6,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{OriginalUri, Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::v3::{authenticate, error, ok_json};
+use super::v3::{Signed, error, ok_json};
 use super::{Sim, SimRefund};
 use crate::channel::TradeState;
 use crate::wechat::v3::client::beijing_rfc3339;
@@ -135,17 +134,9 @@ fn apply(
     Ok(created)
 }
 
-pub(super) async fn create(
-    State(sim): State<Arc<Sim>>,
-    OriginalUri(uri): OriginalUri,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
-    if let Err(message) = authenticate(&sim, &method, path, &headers, &body) {
-        return error(&sim, &headers, StatusCode::UNAUTHORIZED, "SIGN_ERROR", message);
-    }
+pub(super) async fn create(State(sim): State<Arc<Sim>>, signed: Signed) -> Response {
+    let Signed { path, headers, body } = signed;
+    let path = path.as_str();
     let Ok(request) = serde_json::from_slice::<RefundRequest>(&body) else {
         return error(&sim, &headers, StatusCode::BAD_REQUEST, "PARAM_ERROR", "请求体格式错误");
     };
@@ -180,18 +171,8 @@ pub(super) async fn create(
     }
 }
 
-pub(super) async fn query(
-    State(sim): State<Arc<Sim>>,
-    Path(out_refund_no): Path<String>,
-    OriginalUri(uri): OriginalUri,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
-    if let Err(message) = authenticate(&sim, &method, path, &headers, &body) {
-        return error(&sim, &headers, StatusCode::UNAUTHORIZED, "SIGN_ERROR", message);
-    }
+pub(super) async fn query(State(sim): State<Arc<Sim>>, Path(out_refund_no): Path<String>, signed: Signed) -> Response {
+    let headers = signed.headers;
     let refund = sim.refunds.lock().expect("refunds lock").get(&out_refund_no).cloned();
     match refund {
         Some(refund) => ok_json(&sim, &headers, &view(&refund)),

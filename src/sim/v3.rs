@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{OriginalUri, Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -23,7 +23,7 @@ fn names_public_key(sim: &Sim, request: &HeaderMap) -> bool {
 }
 
 /// Answers signed as WeChat signs them.
-pub(super) fn signed(sim: &Sim, request: &HeaderMap, status: StatusCode, body: Vec<u8>) -> Response {
+fn sign_answer(sim: &Sim, request: &HeaderMap, status: StatusCode, body: Vec<u8>) -> Response {
     let wants_public_key = names_public_key(sim, request);
     let (key, serial) = if wants_public_key {
         (&sim.keys.wechat_key, sim.keys.public_key_id.as_str())
@@ -51,21 +51,20 @@ pub(super) fn signed(sim: &Sim, request: &HeaderMap, status: StatusCode, body: V
 }
 
 pub(super) fn error(sim: &Sim, request: &HeaderMap, status: StatusCode, code: &str, message: &str) -> Response {
-    signed(sim, request, status, serde_json::to_vec(&json!({ "code": code, "message": message })).expect("serialises"))
+    sign_answer(
+        sim,
+        request,
+        status,
+        serde_json::to_vec(&json!({ "code": code, "message": message })).expect("serialises"),
+    )
 }
 
 pub(super) fn ok_json(sim: &Sim, request: &HeaderMap, value: &impl serde::Serialize) -> Response {
-    signed(sim, request, StatusCode::OK, serde_json::to_vec(value).expect("serialises"))
+    sign_answer(sim, request, StatusCode::OK, serde_json::to_vec(value).expect("serialises"))
 }
 
 /// Checks the merchant's `Authorization` as WeChat does; the refusal's message if it fails.
-pub(super) fn authenticate(
-    sim: &Sim,
-    method: &Method,
-    uri: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(), &'static str> {
+fn authenticate(sim: &Sim, method: &Method, uri: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), &'static str> {
     let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(Authorization::parse) else {
         return Err("Authorization 格式错误或缺失");
     };
@@ -88,14 +87,29 @@ pub(super) fn authenticate(
     Ok(())
 }
 
-/// Authenticates, or answers 401 SIGN_ERROR (and records the refusal).
-macro_rules! authenticated {
-    ($sim:expr, $method:expr, $path:expr, $headers:expr, $body:expr) => {
-        if let Err(message) = authenticate(&$sim, &$method, $path, &$headers, &$body) {
-            $sim.record("request", $path, None, 401, format!("SIGN_ERROR: {message}"));
-            return error(&$sim, &$headers, StatusCode::UNAUTHORIZED, "SIGN_ERROR", message);
+/// A v3 request whose merchant `Authorization` verified: its path and query as signed, its
+/// headers and body. A request that does not verify is answered 401 SIGN_ERROR (and recorded).
+pub(super) struct Signed {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl FromRequest<Arc<Sim>> for Signed {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, sim: &Arc<Sim>) -> Result<Signed, Response> {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+        let body = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .map_err(|_| error(sim, &parts.headers, StatusCode::BAD_REQUEST, "PARAM_ERROR", "请求体过大"))?;
+        if let Err(message) = authenticate(sim, &parts.method, &path, &parts.headers, &body) {
+            sim.record("request", &path, None, 401, format!("SIGN_ERROR: {message}"));
+            return Err(error(sim, &parts.headers, StatusCode::UNAUTHORIZED, "SIGN_ERROR", message));
         }
-    };
+        Ok(Signed { path, headers: parts.headers, body })
+    }
 }
 
 fn valid_out_trade_no(no: &str) -> bool {
@@ -129,16 +143,9 @@ pub(super) fn transaction(order: &SimOrder) -> Transaction {
     }
 }
 
-pub(super) async fn prepay(
-    State(sim): State<Arc<Sim>>,
-    Path(kind): Path<String>,
-    OriginalUri(uri): OriginalUri,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
-    authenticated!(sim, method, path, headers, body);
+pub(super) async fn prepay(State(sim): State<Arc<Sim>>, Path(kind): Path<String>, signed: Signed) -> Response {
+    let Signed { path, headers, body } = signed;
+    let path = path.as_str();
     let param_error = |message: &str| error(&sim, &headers, StatusCode::BAD_REQUEST, "PARAM_ERROR", message);
     let Ok(request) = serde_json::from_slice::<PrepayRequest>(&body) else {
         return param_error("请求体格式错误");
@@ -232,17 +239,10 @@ pub(super) async fn prepay(
     }
 }
 
-pub(super) async fn query(
-    State(sim): State<Arc<Sim>>,
-    Path(no): Path<String>,
-    OriginalUri(uri): OriginalUri,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
-    authenticated!(sim, method, path, headers, body);
-    if uri.query().unwrap_or("") != format!("mchid={}", sim.keys.mchid) {
+pub(super) async fn query(State(sim): State<Arc<Sim>>, Path(no): Path<String>, signed: Signed) -> Response {
+    let Signed { path, headers, .. } = signed;
+    let path = path.as_str();
+    if path.split_once('?').map(|(_, query)| query) != Some(format!("mchid={}", sim.keys.mchid).as_str()) {
         return error(&sim, &headers, StatusCode::BAD_REQUEST, "PARAM_ERROR", "mchid 参数有误");
     }
     let order = sim.orders.lock().expect("orders lock").get(&no).cloned();
@@ -253,16 +253,9 @@ pub(super) async fn query(
     }
 }
 
-pub(super) async fn close(
-    State(sim): State<Arc<Sim>>,
-    Path(no): Path<String>,
-    OriginalUri(uri): OriginalUri,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
-    authenticated!(sim, method, path, headers, body);
+pub(super) async fn close(State(sim): State<Arc<Sim>>, Path(no): Path<String>, signed: Signed) -> Response {
+    let Signed { path, headers, body } = signed;
+    let path = path.as_str();
     match serde_json::from_slice::<CloseRequest>(&body) {
         Ok(r) if r.mchid == sim.keys.mchid => {}
         _ => return error(&sim, &headers, StatusCode::BAD_REQUEST, "PARAM_ERROR", "mchid 有误"),
@@ -281,7 +274,7 @@ pub(super) async fn close(
     match outcome {
         Ok(()) => {
             sim.record("request", path, Some(&no), 204, "closed".into());
-            signed(&sim, &headers, StatusCode::NO_CONTENT, Vec::new())
+            sign_answer(&sim, &headers, StatusCode::NO_CONTENT, Vec::new())
         }
         Err((status, code, message)) => {
             sim.record("request", path, Some(&no), status.as_u16(), code.into());
