@@ -110,9 +110,9 @@ impl TradeState {
         }
     }
 
-    /// A state the trade will not leave by itself (REFUND follows SUCCESS: it was paid).
-    pub fn is_final(&self) -> bool {
-        !matches!(self, TradeState::Notpay | TradeState::Userpaying | TradeState::Accept)
+    /// The trade can no longer be paid. (A failed attempt, PAYERROR, can be paid again.)
+    pub fn is_closed(&self) -> bool {
+        matches!(self, TradeState::Closed | TradeState::Revoked)
     }
 
     /// The payer's money reached the merchant.

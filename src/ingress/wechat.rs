@@ -252,7 +252,7 @@ pub(super) async fn sync_status(app: &AppState, order_no: &str) {
         Err(e) => return tracing::warn!(error = %e, "status sync throttle unavailable"),
     }
     let trade = match crate::channel::PayChannel::query(wechat.as_ref(), &payment.pay_no).await {
-        Ok(trade) if trade.trade_state.is_paid() || trade.trade_state.is_final() => trade,
+        Ok(trade) if trade.trade_state.is_paid() || trade.trade_state.is_closed() => trade,
         Ok(_) => return,
         Err(e) => return tracing::warn!(error = %e, pay_no = %payment.pay_no, "status sync query failed"),
     };

@@ -86,6 +86,34 @@ pub struct SimOrder {
     pub paid_total: Option<i64>,
 }
 
+/// An order a prepay asks for.
+pub struct NewOrder {
+    pub api: Api,
+    pub v2_sign_type: Option<String>,
+    pub public_key_mode: bool,
+    pub appid: String,
+    pub mchid: String,
+    pub out_trade_no: String,
+    pub description: String,
+    pub total: i64,
+    pub trade_type: TradeType,
+    pub openid: Option<String>,
+    pub notify_url: String,
+}
+
+/// Why an order cannot be opened or closed; each API generation has its own code for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conflict {
+    /// Already paid.
+    Paid,
+    /// Closed.
+    Closed,
+    /// The out_trade_no was used with other parameters.
+    Used,
+    /// No such order.
+    Missing,
+}
+
 /// A refund as WeChat holds it.
 #[derive(Clone, Debug, Serialize)]
 pub struct SimRefund {
@@ -161,6 +189,54 @@ impl Sim {
             now.unix_timestamp() % 10_000_000_000,
             n
         )
+    }
+
+    /// Opens an order, or finds the same one again (same total and trade type, as WeChat allows
+    /// for a repeated out_trade_no); answers its prepay id.
+    fn open_order(&self, new: NewOrder) -> Result<String, Conflict> {
+        let mut orders = self.orders.lock().expect("orders lock");
+        match orders.get(&new.out_trade_no) {
+            Some(o) if o.state.is_paid() => Err(Conflict::Paid),
+            Some(o) if o.state == TradeState::Closed => Err(Conflict::Closed),
+            Some(o) if o.total != new.total || o.trade_type != new.trade_type => Err(Conflict::Used),
+            Some(o) => Ok(o.prepay_id.clone()),
+            None => {
+                let prepay_id = self.next_id("wx");
+                let order = SimOrder {
+                    api: new.api,
+                    v2_sign_type: new.v2_sign_type,
+                    public_key_mode: new.public_key_mode,
+                    appid: new.appid,
+                    mchid: new.mchid,
+                    out_trade_no: new.out_trade_no.clone(),
+                    description: new.description,
+                    total: new.total,
+                    trade_type: new.trade_type,
+                    openid: new.openid,
+                    notify_url: new.notify_url,
+                    prepay_id: prepay_id.clone(),
+                    state: TradeState::Notpay,
+                    transaction_id: None,
+                    success_time: None,
+                    paid_total: None,
+                };
+                orders.insert(new.out_trade_no, order);
+                Ok(prepay_id)
+            }
+        }
+    }
+
+    /// Closes an unpaid order (closing a closed one again is fine).
+    fn close_order(&self, out_trade_no: &str) -> Result<(), Conflict> {
+        let mut orders = self.orders.lock().expect("orders lock");
+        match orders.get_mut(out_trade_no) {
+            None => Err(Conflict::Missing),
+            Some(o) if o.state.is_paid() => Err(Conflict::Paid),
+            Some(o) => {
+                o.state = TradeState::Closed;
+                Ok(())
+            }
+        }
     }
 
     /// Remembers a request nonce; false if it was seen before.

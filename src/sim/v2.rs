@@ -7,8 +7,8 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 
-use super::{Api, Sim, SimOrder};
-use crate::channel::{TradeState, TradeType};
+use super::{Api, Conflict, NewOrder, Sim, SimOrder};
+use crate::channel::TradeType;
 use crate::wechat::v2::client::beijing_compact;
 use crate::wechat::v2::sign::{SignType, sign, verify};
 use crate::wechat::v2::xml;
@@ -100,40 +100,25 @@ pub(super) async fn unifiedorder(State(sim): State<Arc<Sim>>, body: String) -> R
     if total <= 0 || (trade_type == TradeType::Jsapi && openid.is_none()) {
         return answer(&sim, sign_type, Fields::new(), Some(("PARAM_ERROR", "参数错误")));
     }
-    let outcome = {
-        let mut orders = sim.orders.lock().expect("orders lock");
-        match orders.get(&no) {
-            Some(o) if o.state.is_paid() => Err(("ORDERPAID", "该订单已支付")),
-            Some(o) if o.state == TradeState::Closed => Err(("ORDERCLOSED", "订单已关闭")),
-            Some(o) if o.total != total || o.trade_type != trade_type => Err(("OUT_TRADE_NO_USED", "商户订单号重复")),
-            Some(o) => Ok(o.prepay_id.clone()),
-            None => {
-                let prepay_id = sim.next_id("wx");
-                orders.insert(
-                    no.clone(),
-                    SimOrder {
-                        api: Api::V2,
-                        v2_sign_type: Some(sign_type.as_str().to_owned()),
-                        public_key_mode: false,
-                        appid: sim.keys.appid.clone(),
-                        mchid: sim.keys.mchid.clone(),
-                        out_trade_no: no.clone(),
-                        description,
-                        total,
-                        trade_type,
-                        openid,
-                        notify_url,
-                        prepay_id: prepay_id.clone(),
-                        state: TradeState::Notpay,
-                        transaction_id: None,
-                        success_time: None,
-                        paid_total: None,
-                    },
-                );
-                Ok(prepay_id)
-            }
-        }
-    };
+    let outcome = sim
+        .open_order(NewOrder {
+            api: Api::V2,
+            v2_sign_type: Some(sign_type.as_str().to_owned()),
+            public_key_mode: false,
+            appid: sim.keys.appid.clone(),
+            mchid: sim.keys.mchid.clone(),
+            out_trade_no: no.clone(),
+            description,
+            total,
+            trade_type,
+            openid,
+            notify_url,
+        })
+        .map_err(|conflict| match conflict {
+            Conflict::Paid => ("ORDERPAID", "该订单已支付"),
+            Conflict::Closed => ("ORDERCLOSED", "订单已关闭"),
+            Conflict::Used | Conflict::Missing => ("OUT_TRADE_NO_USED", "商户订单号重复"),
+        });
     match outcome {
         Err((code, description)) => {
             sim.record("request", endpoint, Some(&no), 200, code.into());
@@ -207,17 +192,10 @@ pub(super) async fn closeorder(State(sim): State<Arc<Sim>>, body: String) -> Res
         Err(message) => return fail(message),
     };
     let no = f.get("out_trade_no").cloned().unwrap_or_default();
-    let outcome = {
-        let mut orders = sim.orders.lock().expect("orders lock");
-        match orders.get_mut(&no) {
-            None => Err(("ORDERNOTEXIST", "此交易订单号不存在")),
-            Some(o) if o.state.is_paid() => Err(("ORDERPAID", "订单已支付，不能发起关单")),
-            Some(o) => {
-                o.state = TradeState::Closed;
-                Ok(())
-            }
-        }
-    };
+    let outcome = sim.close_order(&no).map_err(|conflict| match conflict {
+        Conflict::Missing => ("ORDERNOTEXIST", "此交易订单号不存在"),
+        _ => ("ORDERPAID", "订单已支付，不能发起关单"),
+    });
     sim.record("request", endpoint, Some(&no), 200, outcome.err().map(|(c, _)| c).unwrap_or("closed").into());
     answer(&sim, sign_type, Fields::new(), outcome.err())
 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::{Api, Sim, SimOrder};
+use super::{Api, Conflict, NewOrder, Sim, SimOrder};
 use crate::channel::{TradeState, TradeType};
 use crate::wechat::v3::client::beijing_rfc3339;
 use crate::wechat::v3::sign::{Authorization, MAX_SKEW_SECS, SCHEME, nonce, response_message, sign};
@@ -181,43 +181,24 @@ pub(super) async fn prepay(State(sim): State<Arc<Sim>>, Path(kind): Path<String>
     }
 
     let no = request.out_trade_no.clone();
-    let answer = {
-        let mut orders = sim.orders.lock().expect("orders lock");
-        match orders.get(&no) {
-            Some(o) if o.state.is_paid() => Err(("ORDERPAID", StatusCode::FORBIDDEN, "该订单已支付")),
-            Some(o) if o.state == TradeState::Closed => Err(("ORDER_CLOSED", StatusCode::BAD_REQUEST, "订单已关闭")),
-            Some(o) if o.total != request.amount.total || o.trade_type != trade_type => {
-                Err(("OUT_TRADE_NO_USED", StatusCode::FORBIDDEN, "商户订单号重复"))
-            }
-            Some(o) => Ok(o.prepay_id.clone()),
-            None => {
-                let prepay_id = sim.next_id("wx");
-                orders.insert(
-                    no.clone(),
-                    SimOrder {
-                        api: Api::V3,
-                        v2_sign_type: None,
-                        public_key_mode: names_public_key(&sim, &headers),
-                        appid: request.appid.clone(),
-                        mchid: request.mchid.clone(),
-                        out_trade_no: no.clone(),
-                        description: request.description.clone(),
-                        total: request.amount.total,
-                        trade_type,
-                        openid,
-                        notify_url: request.notify_url.clone(),
-                        prepay_id: prepay_id.clone(),
-                        state: TradeState::Notpay,
-                        transaction_id: None,
-                        success_time: None,
-                        paid_total: None,
-                    },
-                );
-                Ok(prepay_id)
-            }
-        }
-    };
-    match answer {
+    let answer = sim.open_order(NewOrder {
+        api: Api::V3,
+        v2_sign_type: None,
+        public_key_mode: names_public_key(&sim, &headers),
+        appid: request.appid.clone(),
+        mchid: request.mchid.clone(),
+        out_trade_no: no.clone(),
+        description: request.description.clone(),
+        total: request.amount.total,
+        trade_type,
+        openid,
+        notify_url: request.notify_url.clone(),
+    });
+    match answer.map_err(|conflict| match conflict {
+        Conflict::Paid => ("ORDERPAID", StatusCode::FORBIDDEN, "该订单已支付"),
+        Conflict::Closed => ("ORDER_CLOSED", StatusCode::BAD_REQUEST, "订单已关闭"),
+        Conflict::Used | Conflict::Missing => ("OUT_TRADE_NO_USED", StatusCode::FORBIDDEN, "商户订单号重复"),
+    }) {
         Err((code, status, message)) => {
             sim.record("request", path, Some(&no), status.as_u16(), code.into());
             error(&sim, &headers, status, code, message)
@@ -260,17 +241,10 @@ pub(super) async fn close(State(sim): State<Arc<Sim>>, Path(no): Path<String>, s
         Ok(r) if r.mchid == sim.keys.mchid => {}
         _ => return error(&sim, &headers, StatusCode::BAD_REQUEST, "PARAM_ERROR", "mchid 有误"),
     }
-    let outcome = {
-        let mut orders = sim.orders.lock().expect("orders lock");
-        match orders.get_mut(&no) {
-            None => Err((StatusCode::NOT_FOUND, "ORDER_NOT_EXIST", "订单不存在")),
-            Some(o) if o.state.is_paid() => Err((StatusCode::BAD_REQUEST, "ORDERPAID", "订单已支付")),
-            Some(o) => {
-                o.state = TradeState::Closed;
-                Ok(())
-            }
-        }
-    };
+    let outcome = sim.close_order(&no).map_err(|conflict| match conflict {
+        Conflict::Missing => (StatusCode::NOT_FOUND, "ORDER_NOT_EXIST", "订单不存在"),
+        _ => (StatusCode::BAD_REQUEST, "ORDERPAID", "订单已支付"),
+    });
     match outcome {
         Ok(()) => {
             sim.record("request", path, Some(&no), 204, "closed".into());

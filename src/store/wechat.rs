@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::channel::{Prepaid, Trade, TradeState, TradeType};
+use crate::channel::{Prepaid, Trade, TradeType};
 use crate::domain::payment::Refusal;
 use crate::domain::{Code, GoodsKind, Money, OrderStatus, PayMethod};
 use crate::mq::messages::{OrderPaid, TradeReported, TradeSource, WechatCreateRequested};
@@ -383,9 +383,9 @@ pub async fn settle(
                     }
                     Settlement::Settled
                 }
-            } else if matches!(trade.trade_state, TradeState::Closed | TradeState::Revoked) {
-                // The WeChat order can no longer be paid. (A failed attempt, PAYERROR, leaves it
-                // payable: the payment stays PAYING, and the expiry check closes it.)
+            } else if trade.trade_state.is_closed() {
+                // A failed attempt (PAYERROR) leaves the order payable: the payment stays PAYING,
+                // and the expiry check closes it.
                 sqlx::query(
                     "UPDATE payments SET status = 'CLOSED', notify_raw = $2 WHERE pay_no = $1 AND status = 'PAYING'",
                 )

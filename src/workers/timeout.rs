@@ -7,7 +7,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use super::pay::db_error;
-use crate::channel::{ChannelError, PayChannel, TradeState};
+use crate::channel::{ChannelError, PayChannel};
 use crate::domain::OrderStatus;
 use crate::mq::consumer::{HandleError, Handler, Incoming, Outcome};
 use crate::mq::messages::PayTimeoutDue;
@@ -48,7 +48,7 @@ impl TimeoutHandler {
                     return Ok(Outcome::default());
                 }
                 // Closed at WeChat already; anything else (NOTPAY, a failed attempt) is closed now.
-                Ok(trade) if matches!(trade.trade_state, TradeState::Closed | TradeState::Revoked) => {}
+                Ok(trade) if trade.trade_state.is_closed() => {}
                 Ok(_) | Err(ChannelError::NotFound) => match wechat.close(&pay_no).await {
                     Ok(()) | Err(ChannelError::Closed) | Err(ChannelError::NotFound) => {}
                     Err(ChannelError::AlreadyPaid) => {
