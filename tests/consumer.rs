@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Serialize, Deserialize)]
 struct TestMessage {
     id: String,
-    /// ok | reply | permanent | retry | retry-once | unavailable-twice | panic
+    /// ok | slow (ok after 300 ms) | reply | permanent | retry | retry-once | unavailable-twice | panic
     behaviour: String,
 }
 
@@ -30,6 +30,9 @@ struct Scripted {
     /// Every call: (message id, attempt header).
     seen: Mutex<Vec<(String, u32)>>,
     batch_sizes: Mutex<Vec<usize>>,
+    /// The ids handled `Ok` by batches that returned: what a real handler would have committed
+    /// (a batch that panics commits nothing, as its transaction never finishes).
+    committed: Mutex<Vec<String>>,
 }
 
 impl Scripted {
@@ -43,14 +46,17 @@ impl Handler for Scripted {
 
     async fn handle(&self, batch: &[Incoming<TestMessage>]) -> Vec<Result<Outcome, HandleError>> {
         self.batch_sizes.lock().unwrap().push(batch.len());
-        batch
+        if batch.iter().any(|i| i.message.behaviour == "slow") {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let results: Vec<Result<Outcome, HandleError>> = batch
             .iter()
             .map(|incoming| {
                 let m = &incoming.message;
                 let earlier = self.calls(&m.id).len();
                 self.seen.lock().unwrap().push((m.id.clone(), incoming.meta.attempt));
                 match m.behaviour.as_str() {
-                    "ok" => Ok(Outcome::default()),
+                    "ok" | "slow" => Ok(Outcome::default()),
                     "reply" => Ok(Outcome { reply: Some(b"pong".to_vec()) }),
                     "permanent" => Err(HandleError::Permanent("cannot ever work".into())),
                     "retry" => Err(HandleError::Retryable("not yet".into())),
@@ -62,7 +68,10 @@ impl Handler for Scripted {
                     other => panic!("unknown behaviour {other}"),
                 }
             })
-            .collect()
+            .collect();
+        let done = batch.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(i, _)| i.message.id.clone());
+        self.committed.lock().unwrap().extend(done);
+        results
     }
 
     fn failure_reply(&self, reason: &str) -> Option<Vec<u8>> {
@@ -92,11 +101,15 @@ impl Harness {
     }
 
     fn start(&mut self) {
+        self.start_with(2);
+    }
+
+    fn start_with(&mut self, concurrency: usize) {
         let settings = ConsumerSettings {
             queue: ORDER_FOLLOWUP,
             name: "test-consumer".into(),
             prefetch: 100,
-            concurrency: 2,
+            concurrency,
             batch_max: 50,
         };
         let (broker, handler, stop) = (self.env.settings.broker.clone(), self.handler.clone(), self.stop.clone());
@@ -261,11 +274,21 @@ async fn a_request_dead_lettered_is_still_answered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_handler_returns_the_message_until_the_delivery_limit_dead_letters_it() {
-    let mut h = Harness::with(&[("PAYFLEET__BROKER__DELIVERY_LIMIT", "2")]).await;
-    h.start();
+async fn a_panicking_message_alone_is_returned_until_the_delivery_limit_dead_letters_it() {
+    let mut h = Harness::with(&[("PAYFLEET__BROKER__DELIVERY_LIMIT", "1")]).await;
+    let healthy: Vec<String> = (0..5).map(|i| format!("healthy{i}")).collect();
+    // One batch slot, held by a slow message while the others arrive: they wait in the prefetch
+    // buffer and the next batch takes them all.
+    h.start_with(1);
+    h.send("slow", "slow").await;
+    eventually(Duration::from_secs(10), "the slow message is being handled", || async {
+        !h.handler.batch_sizes.lock().unwrap().is_empty()
+    })
+    .await;
     h.send("poison", "panic").await;
-    h.send("healthy", "ok").await;
+    for id in &healthy {
+        h.send(id, "ok").await;
+    }
     let mut dead = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !dead.contains_key("poison") {
@@ -273,12 +296,20 @@ async fn a_panicking_handler_returns_the_message_until_the_delivery_limit_dead_l
         dead.extend(h.drain_dlq().await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The first delivery and two redeliveries, then the broker dead-letters it.
-    assert_eq!(h.handler.calls("poison").len(), 3, "{:?}", h.handler.calls("poison"));
-    // A healthy message batched with the poison is returned with it, then handled on its own.
-    eventually(Duration::from_secs(10), "the worker survives the panic", || async {
-        !h.handler.calls("healthy").is_empty()
+    let sizes = h.handler.batch_sizes.lock().unwrap().clone();
+    assert_eq!(sizes[1], 6, "the poison and the healthy messages shared a batch: {sizes:?}");
+    let queue = h.topology().queue(ORDER_FOLLOWUP);
+    eventually(Duration::from_secs(10), "every healthy message acked", || async {
+        h.env.queue_depth(&queue).await == 0
     })
     .await;
+    dead.extend(h.drain_dlq().await);
+    assert_eq!(dead.keys().collect::<Vec<_>>(), ["poison"], "only the poison is dead-lettered");
+    let mut committed = h.handler.committed.lock().unwrap().clone();
+    committed.sort();
+    assert_eq!(committed[..5], healthy, "each healthy message handled and committed once");
+    assert_eq!(committed[5], "slow");
+    // In the batch, then alone, then on its one redelivery: then the broker dead-letters it.
+    assert_eq!(h.handler.calls("poison").len(), 3, "{:?}", h.handler.calls("poison"));
     h.stop().await;
 }

@@ -196,16 +196,21 @@ async fn session<H: Handler>(
             queue: settings.queue,
             stop: stop.clone(),
         };
-        let ackers: Vec<lapin::Acker> = batch.iter().map(|d| d.acker.clone()).collect();
         let queue = settings.queue;
         batches.spawn(async move {
-            if AssertUnwindSafe(context.process(batch)).catch_unwind().await.is_err() {
-                // A bug, not a verdict: give the batch back. The broker counts the redelivery,
-                // and x-delivery-limit dead-letters a message that keeps doing this. (Acking
-                // a delivery twice is a no-op in lapin, so the settled ones are safe.)
-                tracing::error!(queue, "a batch handler panicked; returning its unsettled messages to the queue");
-                for acker in ackers {
-                    let _ = acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            if AssertUnwindSafe(context.process(&batch)).catch_unwind().await.is_err() {
+                // A bug, not a verdict, and one message of the batch may be all it takes: apply
+                // the messages still unsettled one at a time, so the healthy ones are handled
+                // (and acked) alone and only a message that panics by itself goes back to the
+                // queue, where x-delivery-limit dead-letters it once it keeps doing this.
+                let unsettled: Vec<&Delivery> = batch.iter().filter(|d| d.acker.usable()).collect();
+                tracing::error!(queue, unsettled = unsettled.len(), "a batch handler panicked; applying its unsettled messages one at a time");
+                for delivery in unsettled {
+                    let alone = std::slice::from_ref(delivery);
+                    if batch.len() == 1 || AssertUnwindSafe(context.process(alone)).catch_unwind().await.is_err() {
+                        tracing::error!(queue, message_id = ?delivery.properties.message_id(), "the handler panics on this message; returning it to the queue");
+                        requeue(delivery).await;
+                    }
                 }
             }
             drop(permit);
@@ -233,15 +238,15 @@ struct BatchContext<H> {
 }
 
 impl<H: Handler> BatchContext<H> {
-    async fn process(self, deliveries: Vec<Delivery>) {
-        let mut held: Vec<Delivery> = Vec::with_capacity(deliveries.len());
+    async fn process(&self, deliveries: &[Delivery]) {
+        let mut held: Vec<&Delivery> = Vec::with_capacity(deliveries.len());
         let mut batch: Vec<Incoming<H::Message>> = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
-            let meta = envelope::read(&delivery);
+            let meta = envelope::read(delivery);
             if meta.schema.is_some_and(|v| v > SCHEMA_VERSION) {
                 let reason =
                     format!("schema version {} is newer than this worker's {SCHEMA_VERSION}", meta.schema.unwrap_or(0));
-                self.dead_letter(&delivery, &meta, &reason).await;
+                self.dead_letter(delivery, &meta, &reason).await;
                 continue;
             }
             match serde_json::from_slice::<H::Message>(&delivery.data) {
@@ -249,7 +254,7 @@ impl<H: Handler> BatchContext<H> {
                     held.push(delivery);
                     batch.push(Incoming { message, meta });
                 }
-                Err(e) => self.dead_letter(&delivery, &meta, &format!("unparseable payload: {e}")).await,
+                Err(e) => self.dead_letter(delivery, &meta, &format!("unparseable payload: {e}")).await,
             }
         }
 
@@ -265,7 +270,7 @@ impl<H: Handler> BatchContext<H> {
                         still_held.push(delivery);
                         still_batch.push(incoming);
                     }
-                    other => self.settle(&delivery, &incoming.meta, other).await,
+                    other => self.settle(delivery, &incoming.meta, other).await,
                 }
             }
             (held, batch) = (still_held, still_batch);
@@ -278,7 +283,7 @@ impl<H: Handler> BatchContext<H> {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.stop.cancelled() => {
                     // Shutting down mid-outage: give the messages back for another worker.
-                    for delivery in &held {
+                    for delivery in held {
                         requeue(delivery).await;
                     }
                     return;
