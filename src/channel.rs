@@ -79,7 +79,7 @@ pub enum Prepaid {
 }
 
 /// The state of a trade at the channel (WeChat's `trade_state`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TradeState {
     Success,
@@ -115,8 +115,15 @@ impl TradeState {
         matches!(self, TradeState::Closed | TradeState::Revoked)
     }
 
-    /// The payer's money reached the merchant.
+    /// Paid, and the money is still with the merchant: the only state that settles an order.
+    /// (REFUND is a payment that was paid back: it must never settle one.)
     pub fn is_paid(&self) -> bool {
+        matches!(self, TradeState::Success)
+    }
+
+    /// The payer's money reached the merchant at some point (it may have gone back since): such
+    /// a trade can no longer be closed, or paid again.
+    pub fn was_paid(&self) -> bool {
         matches!(self, TradeState::Success | TradeState::Refund)
     }
 }

@@ -7,7 +7,7 @@ mod common;
 use common::{TestEnv, m};
 use payfleet::channel::{Trade, TradeState, TradeType};
 use payfleet::mq::messages::{TradeReported, TradeSource, WechatCreateRequested};
-use payfleet::store::wechat::{Begun, Settlement, begin, settle};
+use payfleet::store::wechat::{Begun, ChannelVersion, Settlement, begin, settle};
 use std::time::Duration;
 
 const APPID: &str = "wxd930ea5d5a258f4f";
@@ -19,13 +19,13 @@ async fn begun(env: &TestEnv, user: i64, order_no: &str) -> String {
         user_id: user,
         order_no: order_no.to_owned(),
         amount: m("10.00"),
-        description: "ticket".into(),
         trade_type: TradeType::Jsapi,
         openid: Some("oPayer".into()),
         client_ip: "127.0.0.1".into(),
         requested_at: time::OffsetDateTime::now_utc(),
     };
-    match begin(&env.admin.db, &request, "v3", Duration::from_secs(7000)).await.unwrap() {
+    let v3 = ChannelVersion { api_version: "v3", sign_type: None };
+    match begin(&env.admin.db, &request, v3, Duration::from_secs(7000)).await.unwrap() {
         Begun::Prepay { pay_no, .. } => pay_no,
         other => panic!("{other:?}"),
     }
@@ -47,6 +47,7 @@ fn report(pay_no: &str, state: TradeState, total: i64, appid: &str) -> TradeRepo
             payer_openid: Some("oPayer".into()),
         },
         raw: "{}".into(),
+        signed: None,
     }
 }
 

@@ -8,9 +8,15 @@ use std::time::Duration;
 
 use common::cutter::Cutter;
 use common::sim::{SimControl, fleet_env, state_dir};
-use common::{TestEnv, eventually};
+use common::{TestEnv, eventually, m};
+use futures_util::StreamExt;
+use payfleet::channel::{Trade, TradeState};
 use payfleet::ctl::client::{ApiClient, ApiResponse};
 use payfleet::ctl::fleet::{Fleet, INGRESS, NOTIFY_WORKER, PAY_WORKER, WECHAT_SIM};
+use payfleet::mq::messages::{TradeReported, TradeSource};
+use payfleet::mq::topology::{PAY_REQUESTS, Topology, WECHAT_NOTIFY};
+use payfleet::wechat::SignedNotify;
+use payfleet::wechat::v3::crypto::SignedHeaders;
 use serde_json::json;
 
 /// A fleet with WeChat Pay pointed at its own wechat-sim.
@@ -125,21 +131,22 @@ async fn create_pay_notify_settle(version: &str) {
     .await;
     let status = w.api.status(&w.token, &order_no).await.unwrap();
     assert_eq!((status.field("pay_type"), status.field("pay_no")), ("WECHAT", pay_no.as_str()));
-    assert_eq!(
-        status.data()["payment_details"],
-        json!([{ "method": "wechat", "amount": "10.00", "status": "SUCCESS" }])
-    );
     let notifies = w.sim.notifies(&pay_no).await;
     assert_eq!(notifies.first().map(|n| n.0), Some(200), "answered success at once: {notifies:?}");
-    let stored: (Option<String>, Option<String>) =
+    let (transaction_id, raw): (Option<String>, Option<String>) =
         sqlx::query_as("SELECT third_party_no, notify_raw FROM payments WHERE pay_no = $1")
             .bind(&pay_no)
             .fetch_one(&w.env.admin.db)
             .await
             .unwrap();
-    assert!(
-        stored.0.is_some_and(|t| t.starts_with("4200")) && stored.1.is_some(),
-        "transaction id and raw notify kept"
+    let transaction_id = transaction_id.expect("the transaction id is kept");
+    assert!(transaction_id.starts_with("4200") && raw.is_some(), "transaction id and raw notify kept");
+    assert_eq!(Some(transaction_id.as_str()), w.sim.order(&pay_no).await.unwrap()["transaction_id"].as_str());
+    // WeChat's number, the one on the payer's bill, in the status and in the payment's detail.
+    assert_eq!(status.field("transaction_id"), transaction_id);
+    assert_eq!(
+        status.data()["payment_details"],
+        json!([{ "method": "wechat", "amount": "10.00", "status": "SUCCESS", "transaction_id": transaction_id }])
     );
     let r = w.create(&order_no).await;
     assert_eq!((r.status, r.code()), (409, "ORDERPAID"));
@@ -159,12 +166,18 @@ async fn v2_create_pay_notify_settle() {
 async fn duplicates_forgeries_and_wrong_amounts(version: &str) {
     let w = WechatFleet::start(&format!("wechat-faults-{version}"), version, &[], &[]).await;
 
-    // Two notifies at once: one state change.
+    // Two notifies at once: one state change. A v3 duplicate is signed afresh and queued like the
+    // first; a v2 duplicate is the same bytes as the first and is answered without being queued.
     let (dup_order, dup_pay) = w.created().await;
     w.sim.pay(&dup_pay, Some("duplicate")).await;
     eventually(Duration::from_secs(20), "settled", || async { w.status(&dup_order).await == "SUCCESS" }).await;
-    eventually(Duration::from_secs(20), "both notifies processed", || async {
-        w.count("SELECT count(*) FROM wechat_notifies WHERE out_trade_no = $1", &dup_pay).await == 2
+    eventually(Duration::from_secs(20), "both notifies answered success", || async {
+        w.sim.notifies(&dup_pay).await.iter().filter(|(status, _)| *status == 200).count() == 2
+    })
+    .await;
+    let queued = if version == "v3" { 2 } else { 1 };
+    eventually(Duration::from_secs(20), "the queued notifies processed", || async {
+        w.count("SELECT count(*) FROM wechat_notifies WHERE out_trade_no = $1", &dup_pay).await == queued
     })
     .await;
     assert_eq!(
@@ -185,6 +198,11 @@ async fn duplicates_forgeries_and_wrong_amounts(version: &str) {
         assert_eq!(w.sim.forge(&forged_pay, "stale_timestamp").await, 401);
         // A genuine notify replayed with its nonce: refused too; the paid order stays paid once.
         assert_eq!(w.sim.forge(&dup_pay, "replay_nonce").await, 401);
+    } else {
+        // Signed with the real key, but MD5 where the payment was made with HMAC-SHA256.
+        assert_eq!(w.sim.forge(&forged_pay, "downgrade_md5").await, 401);
+        // A genuine notify replayed: answered as the duplicate it looks like, never queued again.
+        assert_eq!(w.sim.forge(&dup_pay, "replay_nonce").await, 200);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -193,7 +211,7 @@ async fn duplicates_forgeries_and_wrong_amounts(version: &str) {
         "never reached the queue"
     );
     assert_eq!(w.status(&forged_order).await, "PAYING");
-    assert_eq!(w.count("SELECT count(*) FROM wechat_notifies WHERE out_trade_no = $1", &dup_pay).await, 2);
+    assert_eq!(w.count("SELECT count(*) FROM wechat_notifies WHERE out_trade_no = $1", &dup_pay).await, queued);
 
     // The user paid a different amount than the order: not paid, an alert for an operator.
     let (wrong_order, wrong_pay) = w.created().await;
@@ -254,6 +272,44 @@ async fn lost_notifies_and_expiring_orders(version: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trade_paid_and_refunded_before_it_settled_never_pays_the_order() {
+    let settings = [("PAYFLEET__WECHAT__QUERY_AFTER_SECS", "1")];
+    let w = WechatFleet::start("wechat-refunded", "v3", &settings, &[]).await;
+    let (order_no, pay_no) = w.created().await;
+    // Paid at WeChat, the notify lost, then refunded in the merchant platform; WeChat's refund
+    // notify goes to the pay-notify URL (a merchant's misconfiguration).
+    w.sim.pay(&pay_no, Some("never")).await;
+    let pay_notify_url = format!("{}/api/v1/payment/wechat/notify", w.api.base());
+    assert_eq!(w.sim.refund(&pay_no, &pay_notify_url).await.status(), 200);
+    eventually(Duration::from_secs(10), "the refund notify answered", || async {
+        !w.sim.notifies(&pay_no).await.is_empty()
+    })
+    .await;
+    // Genuine, so not a forgery (401, retried by WeChat for a day); not a payment either.
+    let notifies = w.sim.notifies(&pay_no).await;
+    assert_eq!(notifies.iter().map(|n| n.0).collect::<Vec<_>>(), [200], "{notifies:?}");
+
+    // The status read asks WeChat, which says REFUND: recorded with an alert, never settled.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    eventually(Duration::from_secs(20), "the refunded trade recorded", || async {
+        w.status(&order_no).await;
+        w.count("SELECT count(*) FROM payment_alerts WHERE order_no = $1 AND kind = 'refunded_unsettled'", &order_no)
+            .await
+            == 1
+    })
+    .await;
+    let status = w.api.status(&w.token, &order_no).await.unwrap();
+    assert_eq!(status.field("pay_status"), "PENDING", "unpaid, and payable another way: {:?}", status.body);
+    assert_eq!(status.data()["payment_details"][0]["status"], "REFUNDED");
+    assert_eq!(w.count("SELECT count(*) FROM profit_pay WHERE order_no = $1", &order_no).await, 0);
+    assert_eq!(
+        w.count("SELECT count(*) FROM outbox WHERE kind = 'order_paid' AND payload->>'order_no' = $1", &order_no).await,
+        0
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v3_lost_notifies_and_expiring_orders() {
     lost_notifies_and_expiring_orders("v3").await;
 }
@@ -298,4 +354,181 @@ async fn v3_a_notify_arriving_while_the_broker_is_away_is_refused_then_lands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_a_notify_arriving_while_the_broker_is_away_is_refused_then_lands() {
     a_notify_arriving_while_the_broker_is_away_is_refused_then_lands("v2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pay_workers_never_let_wechat_and_balance_both_pay_one_order() {
+    let w = WechatFleet::start("wechat-vs-balance", "v3", &[("PAYFLEET__PAY_WORKER__CONCURRENCY", "2")], &[]).await;
+    let mut fleet = w.fleet;
+    let notify_url = format!("{}/api/v1/payment/wechat/notify", w.api.base());
+    fleet.spawn(PAY_WORKER, &[("PAYFLEET__WECHAT__NOTIFY_URL", &notify_url)]).unwrap();
+    let (user, token) = w.env.user("5000.00", "0", "0").await;
+    const ORDERS: usize = 200;
+    let mut orders = Vec::with_capacity(ORDERS);
+    for _ in 0..ORDERS {
+        orders.push(w.api.create_order(&token, w.goods, 1).await.unwrap().field("order_no").to_owned());
+    }
+    // For every order, a WeChat create and a balance pay sent at the same moment, 16 orders at once.
+    let body = |order_no: &str| json!({ "order_no": order_no, "amount": "10.00", "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "trade_type": "JSAPI" });
+    let answers: Vec<(u16, u16)> = futures_util::stream::iter(&orders)
+        .map(|order_no| {
+            let (api, token) = (&w.api, &token);
+            async move {
+                let create = body(order_no);
+                let (created, paid) = tokio::join!(
+                    api.post("/api/v1/payment/wechat/create", Some(token), &create),
+                    api.pay_balance(token, order_no, "10.00", "123456"),
+                );
+                (created.unwrap().status, paid.unwrap().status)
+            }
+        })
+        .buffered(16)
+        .collect()
+        .await;
+    let queue = Topology::new(&w.env.settings.broker).queue(PAY_REQUESTS);
+    eventually(Duration::from_secs(60), "every request handled", || async { w.env.queue_depth(&queue).await == 0 })
+        .await;
+    assert!(answers.iter().all(|(c, p)| !(*c == 200 && *p == 200)), "both answered paid for an order: {answers:?}");
+
+    // In the database: each order is paid by balance, or waits for its WeChat payment; never both.
+    let (by_balance, by_wechat, both): (i64, i64, i64) = sqlx::query_as(
+        "WITH o AS (
+             SELECT EXISTS (SELECT 1 FROM payments p WHERE p.order_no = o.order_no AND p.method = 'balance' AND p.status = 'SUCCESS') AS b,
+                    EXISTS (SELECT 1 FROM payments p WHERE p.order_no = o.order_no AND p.method = 'wechat'
+                                                     AND p.prepaid IS NOT NULL AND p.status <> 'CLOSED') AS w
+             FROM orders o WHERE o.user_id = $1
+         )
+         SELECT count(*) FILTER (WHERE b), count(*) FILTER (WHERE w), count(*) FILTER (WHERE b AND w) FROM o",
+    )
+    .bind(user)
+    .fetch_one(&w.env.admin.db)
+    .await
+    .unwrap();
+    eprintln!("{by_balance} orders paid by balance, {by_wechat} waiting for WeChat, {both} both");
+    assert_eq!(both, 0, "an order paid by balance has a live WeChat payment");
+    assert_eq!(by_balance + by_wechat, ORDERS as i64, "every order went one way or the other");
+    let spent = m("10.00").checked_mul(by_balance).unwrap();
+    assert_eq!(w.env.balances(user).await.money, m("5000.00").checked_sub(spent).unwrap());
+    // WeChat holds no trade a payer could still pay for an order paid by balance.
+    for order_no in &orders {
+        let pay_no: Option<String> = sqlx::query_scalar(
+            "SELECT p.pay_no FROM payments p JOIN orders o ON o.order_no = p.order_no
+             WHERE p.order_no = $1 AND p.method = 'wechat' AND o.status = 'PAID'",
+        )
+        .bind(order_no)
+        .fetch_optional(&w.env.admin.db)
+        .await
+        .unwrap();
+        if let Some(trade) = match pay_no {
+            Some(pay_no) => w.sim.order(&pay_no).await,
+            None => None,
+        } {
+            assert_ne!(trade["state"], "NOTPAY", "an open WeChat trade for an order paid by balance: {trade}");
+        }
+    }
+    fleet.stop(Duration::from_secs(15)).await;
+    w.env.audit_is_clean().await;
+    let _ = std::fs::remove_dir_all(&w.sim_dir);
+}
+
+async fn a_report_published_by_someone_else_settles_nothing(version: &str) {
+    let w = WechatFleet::start(&format!("wechat-forged-report-{version}"), version, &[], &[]).await;
+    let publisher = {
+        let conn = payfleet::mq::connect(&w.env.settings.broker, "test-intruder").await.unwrap();
+        payfleet::mq::publisher::Publisher::open(&conn, Duration::from_secs(5)).await.unwrap()
+    };
+    let queue = Topology::new(&w.env.settings.broker).queue(WECHAT_NOTIFY);
+    let publish = |report: TradeReported| {
+        let (publisher, queue) = (&publisher, &queue);
+        async move {
+            let body = serde_json::to_vec(&report).unwrap();
+            let id = uuid::Uuid::new_v4().to_string();
+            let properties = payfleet::mq::envelope::properties(&id, "trade_reported", "00-0-0-01");
+            publisher.publish(queue, &body, properties).await.unwrap();
+        }
+    };
+    // Someone who may publish on the vhost claims that three orders were paid: with no
+    // signature, with a made-up one, and with a signature of the right shape for the other
+    // API generation.
+    let mut claims = Vec::new();
+    for forgery in ["unsigned", "bad_signature", "bad_v2_sign"] {
+        let (order_no, pay_no) = w.created().await;
+        let trade = Trade {
+            appid: "wxd930ea5d5a258f4f".into(),
+            mchid: "1900000109".into(),
+            out_trade_no: pay_no.clone(),
+            transaction_id: Some("4200000000000000000000000001".into()),
+            trade_state: TradeState::Success,
+            total_fen: Some(1000),
+            success_time: Some(time::OffsetDateTime::now_utc()),
+            payer_openid: Some("oUpF8uMuAJO_M2pxb1Q9zNjWeS6o".into()),
+        };
+        let signed = match forgery {
+            "unsigned" => None,
+            "bad_signature" => Some(SignedNotify::V3 {
+                headers: SignedHeaders {
+                    timestamp: Some(time::OffsetDateTime::now_utc().unix_timestamp().to_string()),
+                    nonce: Some("forged-nonce".into()),
+                    signature: Some("Zm9yZ2Vk".into()),
+                    serial: Some("PUB_KEY_ID_0000".into()),
+                },
+                body: "{}".into(),
+            }),
+            _ => Some(SignedNotify::V2 {
+                body: format!(
+                    "<xml><return_code>SUCCESS</return_code><result_code>SUCCESS</result_code><appid>wxd930ea5d5a258f4f</appid><mch_id>1900000109</mch_id><out_trade_no>{pay_no}</out_trade_no><transaction_id>4200000000000000000000000001</transaction_id><total_fee>1000</total_fee><nonce_str>abc</nonce_str><sign>0123456789ABCDEF0123456789ABCDEF</sign></xml>"
+                ),
+            }),
+        };
+        let source = TradeSource::Notify;
+        let raw = "forged".to_owned();
+        publish(TradeReported {
+            source,
+            report_id: format!("forged-{forgery}"),
+            event_type: "TRANSACTION.SUCCESS".into(),
+            trade,
+            raw,
+            signed,
+        })
+        .await;
+        claims.push((forgery, order_no, pay_no));
+    }
+    for (forgery, order_no, pay_no) in &claims {
+        eventually(Duration::from_secs(20), "the claim handled", || async {
+            w.count("SELECT count(*) FROM wechat_notifies WHERE out_trade_no = $1", pay_no).await == 1
+        })
+        .await;
+        assert_eq!(w.status(order_no).await, "PAYING", "{forgery}: not paid");
+        let outcome: (String, String) =
+            sqlx::query_as("SELECT trade_state, outcome FROM wechat_notifies WHERE out_trade_no = $1")
+                .bind(pay_no)
+                .fetch_one(&w.env.admin.db)
+                .await
+                .unwrap();
+        if *forgery == "unsigned" {
+            // Asked WeChat instead, which says the trade is not paid.
+            assert_eq!(outcome, ("NOTPAY".to_owned(), "pending".to_owned()), "{forgery}");
+        } else {
+            assert_eq!(outcome, ("UNCONFIRMED".to_owned(), "alert".to_owned()), "{forgery}");
+            let alerts = w
+                .count("SELECT count(*) FROM payment_alerts WHERE pay_no = $1 AND kind = 'unconfirmed_report'", pay_no)
+                .await;
+            assert_eq!(alerts, 1, "{forgery}");
+        }
+    }
+    // And a genuine payment still settles.
+    let (order_no, pay_no) = w.created().await;
+    w.sim.pay(&pay_no, None).await;
+    eventually(Duration::from_secs(20), "settled", || async { w.status(&order_no).await == "SUCCESS" }).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_a_report_published_by_someone_else_settles_nothing() {
+    a_report_published_by_someone_else_settles_nothing("v3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_a_report_published_by_someone_else_settles_nothing() {
+    a_report_published_by_someone_else_settles_nothing("v2").await;
 }

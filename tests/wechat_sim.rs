@@ -10,10 +10,10 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use common::sim::SimHandle;
 use common::{config_dir, m};
-use payfleet::channel::{ChannelError, PayChannel, Prepaid, PrepayOrder, TradeState, TradeType};
+use payfleet::channel::{ChannelError, PayChannel, Prepaid, PrepayOrder, Trade, TradeState, TradeType};
 use payfleet::config::Settings;
-use payfleet::wechat::Wechat;
 use payfleet::wechat::v3::crypto::SignedHeaders;
+use payfleet::wechat::{Notified, SignedNotify, Wechat};
 use time::OffsetDateTime;
 
 /// Notifies received by a stand-in merchant endpoint: (headers, body).
@@ -68,6 +68,16 @@ fn order(no: &str, trade_type: TradeType) -> PrepayOrder {
     }
 }
 
+/// A received notify as the ingress verifies it on arrival: the trade, if it is a genuine payment.
+fn verified(wechat: &Wechat, headers: &SignedHeaders, body: &[u8]) -> Result<Trade, String> {
+    let signed = SignedNotify::received(headers.clone(), body).map_err(|e| e.to_string())?;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    match wechat.verify_notify(&signed, Some(now), None).map_err(|e| e.to_string())? {
+        Notified::Trade(notify) => Ok(notify.trade),
+        Notified::Other { event_type, .. } => Err(format!("not a payment: {event_type}")),
+    }
+}
+
 async fn wait_for(inbox: &Inbox, n: usize) -> Vec<(SignedHeaders, Vec<u8>)> {
     for _ in 0..200 {
         if inbox.lock().unwrap().len() >= n {
@@ -111,16 +121,16 @@ async fn prepay_query_close_and_notify(version: &str, extra: &[(&str, &str)]) {
     // The user pays: WeChat notifies, the notify verifies and says what was paid.
     assert_eq!(sim.pay("WX0000000001", None).await.status(), 200);
     let received = wait_for(&inbox, 1).await;
-    let notify = wechat.verify_notify(&received[0].0, &received[0].1).unwrap();
-    assert_eq!(notify.trade.out_trade_no, "WX0000000001");
-    assert_eq!((notify.trade.trade_state, notify.trade.total_fen), (TradeState::Success, Some(1000)));
-    assert_eq!((notify.trade.appid.as_str(), notify.trade.mchid.as_str()), ("wxd930ea5d5a258f4f", "1900000109"));
-    assert!(notify.trade.transaction_id.is_some());
+    let trade = verified(&wechat, &received[0].0, &received[0].1).unwrap();
+    assert_eq!(trade.out_trade_no, "WX0000000001");
+    assert_eq!((trade.trade_state, trade.total_fen), (TradeState::Success, Some(1000)));
+    assert_eq!((trade.appid.as_str(), trade.mchid.as_str()), ("wxd930ea5d5a258f4f", "1900000109"));
+    assert!(trade.transaction_id.is_some());
     // One byte changed anywhere in the body: refused.
     let mut tampered = received[0].1.clone();
     let i = tampered.len() / 2;
     tampered[i] ^= 1;
-    assert!(wechat.verify_notify(&received[0].0, &tampered).is_err());
+    assert!(verified(&wechat, &received[0].0, &tampered).is_err());
     assert_eq!(wechat.query("WX0000000001").await.unwrap().trade_state, TradeState::Success);
     assert_eq!(wechat.close("WX0000000001").await, Err(ChannelError::AlreadyPaid));
 
@@ -130,7 +140,7 @@ async fn prepay_query_close_and_notify(version: &str, extra: &[(&str, &str)]) {
     assert_eq!(sim.pay("WX0000000009", Some("delay")).await.status(), 200);
     let received = wait_for(&inbox, 2).await;
     assert!(paid_at.elapsed() >= Duration::from_millis(300), "the delay fault waits delay_ms (300) first");
-    assert_eq!(wechat.verify_notify(&received[1].0, &received[1].1).unwrap().trade.out_trade_no, "WX0000000009");
+    assert_eq!(verified(&wechat, &received[1].0, &received[1].1).unwrap().out_trade_no, "WX0000000009");
 
     // Another order, closed before it is paid.
     wechat.prepay(&order("WX0000000002", TradeType::H5)).await.unwrap();
@@ -282,6 +292,8 @@ async fn refunds_bills_tokens_and_shipping() {
     platform.verify(headers, body, OffsetDateTime::now_utc().unix_timestamp()).unwrap();
     let notify: payfleet::wechat::v3::types::Notify = serde_json::from_slice(body).unwrap();
     assert_eq!(notify.event_type, "REFUND.SUCCESS");
+    // Genuine, but no payment: the pay-notify path takes it for what it is, not for a forgery.
+    assert_eq!(verified(&wechat, headers, body), Err("not a payment: REFUND.SUCCESS".to_owned()));
     let key = std::fs::read_to_string(sim.dir.join("api_v3_key")).unwrap();
     let plain = payfleet::wechat::v3::crypto::decrypt_resource(
         key.trim().as_bytes(),

@@ -1,5 +1,6 @@
-//! Single-use keys: the nonces of v3 notifies (a notify replayed with its original nonce is
-//! refused) and the throttle of status-sync queries to WeChat.
+//! Single-use keys: the nonces of notifies (a notify replayed with its original nonce is
+//! refused; `wechat::SignedNotify::replay_key`) and the throttle of status-sync queries to
+//! WeChat.
 
 use std::time::Duration;
 

@@ -198,11 +198,10 @@ async fn status(
     let order = crate::store::orders::find_for_user(&app.db, &order_no, user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("order"))?;
-    let paying = order.payments.iter().any(|p| p.method == PayMethod::Wechat && p.status == "PAYING");
     let pay_status = match order.status {
         OrderStatus::Paid => "SUCCESS",
         OrderStatus::Closed => "CLOSED",
-        OrderStatus::Unpaid if paying => {
+        OrderStatus::Paying => {
             // A WeChat payment waiting too long: ask WeChat, in case its notify was lost.
             super::wechat::sync_status(&app, &order_no).await;
             "PAYING"
@@ -213,11 +212,23 @@ async fn status(
     let details: Vec<Value> = order
         .payments
         .iter()
-        .map(|p| json!({ "method": p.method.as_str(), "amount": p.amount, "status": p.status }))
+        .map(|p| {
+            let mut detail = json!({ "method": p.method.as_str(), "amount": p.amount, "status": p.status });
+            if let Some(no) = &p.third_party_no {
+                detail["transaction_id"] = json!(no);
+            }
+            detail
+        })
         .collect();
+    // The channel's number of the payment that settled the order, as on the payer's bill.
+    let transaction_id = order
+        .payments
+        .iter()
+        .find(|p| p.status == "SUCCESS" && order.pay_method == Some(p.method))
+        .and_then(|p| p.third_party_no.clone());
     // Why an unpaid order is still unpaid, when a pay request of this user was refused (a
     // request answered 202 never saw its refusal). Best effort: Redis being away hides it.
-    let last_refusal = if order.status == OrderStatus::Unpaid {
+    let last_refusal = if matches!(order.status, OrderStatus::Unpaid | OrderStatus::Paying) {
         match app.cache.last_refusal(&order.order_no, user_id).await {
             Ok(refusal) => refusal.map(|r| json!({ "code": r.code.as_str(), "msg": r.message })),
             Err(e) => {
@@ -237,6 +248,7 @@ async fn status(
             "pay_amount": order.amount,
             "pay_time": order.paid_at.map(rfc3339),
             "pay_no": order.pay_no,
+            "transaction_id": transaction_id,
             "expires_at": rfc3339(order.expires_at),
             "payment_details": details,
             "last_refusal": last_refusal,

@@ -18,22 +18,28 @@ use super::extract::{AuthUser, Json};
 use super::payment::{call_pay_worker, check_order_no, payment_amount, processing};
 use super::{ApiError, AppState, RequestId, Result, error::ok};
 use crate::channel::TradeType;
+use crate::config::WechatApiVersion;
 use crate::domain::{Code, OrderStatus};
 use crate::mq::messages::{PayReplied, PayRequested, TradeReported, TradeSource, WechatCreateRequested};
 use crate::mq::rpc::Outgoing;
 use crate::mq::topology::WECHAT_NOTIFY;
 use crate::wechat::v3::crypto::SignedHeaders;
+use crate::wechat::{Notified, SignedNotify};
 
 /// How long a v3 notify nonce stays claimed: longer than the five-minute timestamp window, so
 /// a replay is refused by one or the other.
-const NONCE_TTL: Duration = Duration::from_secs(600);
+const V3_NONCE_TTL: Duration = Duration::from_secs(600);
+/// How long a v2 notify's nonce stays claimed: v2 has no timestamp, so for as long as WeChat
+/// sends a notify (its schedule spans about a day).
+const V2_NONCE_TTL: Duration = Duration::from_secs(25 * 3600);
 
 #[derive(Deserialize)]
 struct CreateWechat {
     order_no: String,
     amount: String,
-    #[serde(default)]
-    description: Option<String>,
+    /// Accepted for seed 000's body, not used: the payer's bill shows the goods' name.
+    #[serde(default, rename = "description")]
+    _description: Option<String>,
     #[serde(default)]
     openid: Option<String>,
     #[serde(default)]
@@ -61,12 +67,8 @@ async fn create(
     if trade_type == TradeType::Jsapi && openid.is_none() {
         return Err(ApiError::validation("openid is required for JSAPI (mini-program) payments"));
     }
-    if openid.as_ref().is_some_and(|o| o.len() > 128) {
-        return Err(ApiError::validation("openid is too long"));
-    }
-    let description = body.description.unwrap_or_else(|| "商品购买".to_owned());
-    if description.is_empty() || description.chars().count() > 127 {
-        return Err(ApiError::validation("description must be 1 to 127 characters"));
+    if openid.as_deref().is_some_and(|o| !is_openid(o)) {
+        return Err(ApiError::validation("openid must be 1 to 128 letters, digits, '_' or '-'"));
     }
     let client_ip = body.client_ip.or_else(|| forwarded_ip(&headers)).unwrap_or_else(|| "127.0.0.1".to_owned());
     if client_ip.parse::<std::net::IpAddr>().is_err() {
@@ -77,7 +79,6 @@ async fn create(
         user_id,
         order_no: body.order_no.clone(),
         amount,
-        description,
         trade_type,
         openid,
         client_ip,
@@ -94,6 +95,12 @@ async fn create(
         Some(PayReplied::Paid(_)) => Err(ApiError::internal(&"the pay-worker answered a WeChat create with a receipt")),
         None => Ok(processing(&body.order_no)),
     }
+}
+
+/// The shape of a WeChat openid (28 characters of base64url in practice). In production it
+/// must come from the user's login (code2Session), not from what the client sends.
+fn is_openid(openid: &str) -> bool {
+    (1..=128).contains(&openid.len()) && openid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// The client address a proxy in front of the ingress reports.
@@ -120,7 +127,7 @@ async fn retry(
             return Err(ApiError::new(Code::OrderPaid, "order already paid").with_data(pay_no));
         }
         OrderStatus::Closed => return Err(ApiError::new(Code::OrderClosed, "order is closed")),
-        OrderStatus::Unpaid => {}
+        OrderStatus::Unpaid | OrderStatus::Paying => {}
     }
     let payment = crate::store::wechat::find(&app.db, &order_no).await?.ok_or_else(|| {
         ApiError::validation("this order has no WeChat payment to retry; create one with /api/v1/payment/wechat/create")
@@ -130,7 +137,6 @@ async fn retry(
         user_id,
         order_no: order_no.clone(),
         amount: payment.amount,
-        description: payment.description.unwrap_or_else(|| "商品购买".to_owned()),
         trade_type: payment.trade_type.unwrap_or(TradeType::Jsapi),
         openid: payment.openid,
         client_ip: payment.client_ip.unwrap_or_else(|| "127.0.0.1".to_owned()),
@@ -168,41 +174,59 @@ async fn notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
         tracing::error!("a WeChat notify arrived but WeChat Pay is not configured");
         return notify_answer(xml, StatusCode::SERVICE_UNAVAILABLE, "FAIL", "WeChat Pay is not configured");
     };
+    let refused = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "refused a WeChat notify");
+        notify_answer(xml, StatusCode::UNAUTHORIZED, Code::SignError.as_str(), &format!("notify refused: {e}"))
+    };
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let signed = SignedHeaders {
+    let signed_headers = SignedHeaders {
         timestamp: get("wechatpay-timestamp"),
         nonce: get("wechatpay-nonce"),
         signature: get("wechatpay-signature"),
         serial: get("wechatpay-serial"),
     };
-    let verified = match wechat.verify_notify(&signed, &body) {
-        Ok(verified) => verified,
+    let signed = match SignedNotify::received(signed_headers, &body) {
+        Ok(signed) => signed,
+        Err(e) => return refused(&e),
+    };
+    // A v2 notify verifies only with the sign type its payment was created with.
+    let sign_type = match crate::store::wechat::notify_sign_type(&app.db, &signed).await {
+        Ok(sign_type) => sign_type,
         Err(e) => {
-            tracing::warn!(error = %e, "refused a WeChat notify");
-            return notify_answer(
-                xml,
-                StatusCode::UNAUTHORIZED,
-                Code::SignError.as_str(),
-                &format!("notify refused: {e}"),
-            );
+            tracing::warn!(error = %e, "cannot read the payment's sign type; asking WeChat to send the notify again");
+            return notify_answer(xml, StatusCode::SERVICE_UNAVAILABLE, "FAIL", "try again later");
         }
     };
-    if let (false, Some(nonce)) = (xml, signed.nonce.as_deref()) {
-        match app.cache.claim_notify_nonce(nonce, NONCE_TTL).await {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(notify_id = %verified.id, nonce, "refused a replayed WeChat notify");
-                return notify_answer(
-                    xml,
-                    StatusCode::UNAUTHORIZED,
-                    Code::SignError.as_str(),
-                    "notify refused: replayed nonce",
-                );
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot check the notify nonce; asking WeChat to send it again");
-                return notify_answer(xml, StatusCode::SERVICE_UNAVAILABLE, "FAIL", "try again later");
-            }
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let verified = match wechat.verify_notify(&signed, Some(now), sign_type) {
+        Ok(Notified::Trade(verified)) => verified,
+        Ok(Notified::Other { id, event_type }) => {
+            // Genuine, but no payment: answered as received, so WeChat does not send it for a
+            // day; nothing here settles from it.
+            tracing::warn!(notify_id = %id, %event_type, "a WeChat notify that is not a payment reached the pay-notify URL; ignored");
+            return notify_answer(xml, StatusCode::OK, "SUCCESS", &format!("{event_type} is not handled at this URL"));
+        }
+        Err(e) => return refused(&e),
+    };
+    let version = signed.api_version();
+    let ttl = if version == WechatApiVersion::V3 { V3_NONCE_TTL } else { V2_NONCE_TTL };
+    let Some(replay_key) = signed.replay_key() else { return refused(&"the notify has no nonce") };
+    match app.cache.claim_notify_nonce(&replay_key, ttl).await {
+        Ok(true) => {}
+        // v3: WeChat signs every delivery afresh, so a nonce seen before is a replay.
+        Ok(false) if version == WechatApiVersion::V3 => {
+            tracing::warn!(notify_id = %verified.id, replay_key, "refused a replayed WeChat notify");
+            return refused(&"replayed nonce");
+        }
+        // v2: WeChat sends the same notify again byte for byte, and wants SUCCESS for a duplicate;
+        // a replay looks the same. Either way it was taken once: answered, never queued again.
+        Ok(false) => {
+            tracing::info!(notify_id = %verified.id, replay_key, "a v2 notify received before: answered, not queued again");
+            return notify_answer(xml, StatusCode::OK, "SUCCESS", "OK");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check the notify nonce; asking WeChat to send it again");
+            return notify_answer(xml, StatusCode::SERVICE_UNAVAILABLE, "FAIL", "try again later");
         }
     }
     let report = TradeReported {
@@ -211,6 +235,7 @@ async fn notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
         event_type: verified.event_type.clone(),
         trade: verified.trade.clone(),
         raw: String::from_utf8_lossy(&body).into_owned(),
+        signed: Some(signed),
     };
     let payload = serde_json::to_vec(&report).expect("a report serialises");
     let message_id = uuid::Uuid::now_v7();
@@ -228,9 +253,8 @@ async fn notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
         }
         Err(e) => {
             tracing::warn!(error = %e, notify_id = %verified.id, "cannot queue a WeChat notify; WeChat will send it again");
-            if let (false, Some(nonce)) = (xml, signed.nonce.as_deref()) {
-                let _ = app.cache.release_notify_nonce(nonce).await;
-            }
+            // Its retry must not look like a replay.
+            let _ = app.cache.release_notify_nonce(&replay_key).await;
             notify_answer(xml, StatusCode::SERVICE_UNAVAILABLE, "FAIL", "try again later")
         }
     }
@@ -252,7 +276,7 @@ pub(super) async fn sync_status(app: &AppState, order_no: &str) {
         Err(e) => return tracing::warn!(error = %e, "status sync throttle unavailable"),
     }
     let trade = match crate::channel::PayChannel::query(wechat.as_ref(), &payment.pay_no).await {
-        Ok(trade) if trade.trade_state.is_paid() || trade.trade_state.is_closed() => trade,
+        Ok(trade) if trade.trade_state.was_paid() || trade.trade_state.is_closed() => trade,
         Ok(_) => return,
         Err(e) => return tracing::warn!(error = %e, pay_no = %payment.pay_no, "status sync query failed"),
     };

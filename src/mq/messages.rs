@@ -30,7 +30,6 @@ pub struct WechatCreateRequested {
     pub order_no: String,
     /// The order amount the payer confirmed, in yuan.
     pub amount: Money,
-    pub description: String,
     pub trade_type: TradeType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openid: Option<String>,
@@ -86,16 +85,21 @@ pub enum TradeSource {
 }
 
 /// WeChat reported a trade: published to `wechat.notify` by the ingress (a verified notify) or
-/// through the outbox (a query answer); the notify-worker settles the payment from it.
+/// through the outbox (a query answer); the notify-worker settles the payment from it, but
+/// only on what it confirms itself: the signed notify verified again, or WeChat queried.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TradeReported {
     pub source: TradeSource,
     /// WeChat's notify id, or an id of our own for a query answer.
     pub report_id: String,
     pub event_type: String,
+    /// The trade as the reporter read it: what to confirm, never what to settle on.
     pub trade: Trade,
-    /// The notify body as received (decrypted resource for v3), for the record.
+    /// The notify body as received, for the record.
     pub raw: String,
+    /// A notify as WeChat signed it; None for a query answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<crate::wechat::SignedNotify>,
 }
 
 /// An order's pay time ran out: published when the order is created, delayed until then in

@@ -4,7 +4,11 @@
 //!   notifies. `fault`: `duplicate` (two notifies at once), `delay` (after `delay_ms`), `never`
 //!   (paid, but no notify), `wrong_amount` (the user paid one fen more than the order).
 //! - `POST /sim/forge {"out_trade_no", "forgery"}`: one forged notify (`bad_signature`,
-//!   `stale_timestamp`, `replay_nonce`); answers the status the merchant answered with.
+//!   `stale_timestamp`, `replay_nonce`, `downgrade_md5`); answers the status the merchant
+//!   answered with.
+//! - `POST /sim/refund {"out_trade_no", "notify_url"?}`: the merchant refunds the whole order in
+//!   WeChat's merchant platform (not through the API); with `notify_url`, WeChat sends its
+//!   REFUND.SUCCESS notify there.
 //! - `GET /sim/orders/{out_trade_no}`: the order as WeChat holds it.
 //! - `GET /sim/records[?out_trade_no=…]`: what the simulator received and sent.
 //! - `GET /sim/health`.
@@ -39,6 +43,13 @@ struct PayRequest {
 struct ForgeRequest {
     out_trade_no: String,
     forgery: Forgery,
+}
+
+#[derive(Deserialize)]
+struct RefundRequest {
+    out_trade_no: String,
+    #[serde(default)]
+    notify_url: Option<String>,
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
@@ -92,6 +103,22 @@ async fn forge(State(sim): State<Arc<Sim>>, Json(request): Json<ForgeRequest>) -
     }
 }
 
+async fn refund(State(sim): State<Arc<Sim>>, Json(request): Json<RefundRequest>) -> Response {
+    let paid =
+        sim.orders.lock().expect("orders lock").get(&request.out_trade_no).map(|o| o.paid_total.unwrap_or(o.total));
+    let Some(total) = paid else { return refuse(StatusCode::NOT_FOUND, "no such order") };
+    let out_refund_no = format!("MP{}", request.out_trade_no);
+    let no = Some(request.out_trade_no.as_str());
+    match super::refund::apply(&sim, no, None, &out_refund_no, total, total, request.notify_url) {
+        Ok(refund) => {
+            sim.record("control", "/sim/refund", no, 200, format!("refunded {}", refund.out_refund_no));
+            notifier::deliver_refund(sim.clone(), refund.clone());
+            Json(super::refund::view(&refund)).into_response()
+        }
+        Err((status, _, _, message)) => refuse(status, message),
+    }
+}
+
 async fn order(State(sim): State<Arc<Sim>>, Path(no): Path<String>) -> Response {
     match sim.orders.lock().expect("orders lock").get(&no) {
         Some(order) => Json(order).into_response(),
@@ -110,6 +137,7 @@ pub(super) fn router() -> Router<Arc<Sim>> {
     Router::new()
         .route("/sim/pay", post(pay))
         .route("/sim/forge", post(forge))
+        .route("/sim/refund", post(refund))
         .route("/sim/orders/{no}", get(order))
         .route("/sim/records", get(records))
         .route("/sim/health", get(|| async { Json(json!({ "alive": true })) }))

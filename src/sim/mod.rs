@@ -196,7 +196,7 @@ impl Sim {
     fn open_order(&self, new: NewOrder) -> Result<String, Conflict> {
         let mut orders = self.orders.lock().expect("orders lock");
         match orders.get(&new.out_trade_no) {
-            Some(o) if o.state.is_paid() => Err(Conflict::Paid),
+            Some(o) if o.state.was_paid() => Err(Conflict::Paid),
             Some(o) if o.state == TradeState::Closed => Err(Conflict::Closed),
             Some(o) if o.total != new.total || o.trade_type != new.trade_type => Err(Conflict::Used),
             Some(o) => Ok(o.prepay_id.clone()),
@@ -231,7 +231,7 @@ impl Sim {
         let mut orders = self.orders.lock().expect("orders lock");
         match orders.get_mut(out_trade_no) {
             None => Err(Conflict::Missing),
-            Some(o) if o.state.is_paid() => Err(Conflict::Paid),
+            Some(o) if o.state.was_paid() => Err(Conflict::Paid),
             Some(o) => {
                 o.state = TradeState::Closed;
                 Ok(())

@@ -151,7 +151,7 @@ fn upload(sim: &Sim, body: &Value) -> Result<String, (i64, &'static str)> {
     let openid = body["payer"]["openid"].as_str().unwrap_or("");
     let orders = sim.orders.lock().expect("orders lock");
     let order = orders.get(&out_trade_no).ok_or((10060001, "payment not found"))?;
-    if !order.state.is_paid() {
+    if !order.state.was_paid() {
         return Err((10060001, "payment not found"));
     }
     if order.openid.as_deref() != Some(openid) {

@@ -35,6 +35,9 @@ pub(super) enum Forgery {
     StaleTimestamp,
     /// The last genuine notify of the order, sent again as it was.
     ReplayNonce,
+    /// v2: signed with the real APIv2 key, but MD5 where the order was created with
+    /// HMAC-SHA256 (a sign-type downgrade).
+    DowngradeMd5,
 }
 
 /// The notify body of an order's current (paid) state; the same across retries.
@@ -218,6 +221,21 @@ pub(super) async fn forge(sim: &Sim, order: &SimOrder, forgery: Forgery) -> Resu
             let sent = sim.sent.lock().expect("sent lock").get(&order.out_trade_no).cloned();
             let sent = sent.ok_or("no genuine notify of this order was delivered yet")?;
             (sent.url, sent.body, sent.headers)
+        }
+        Forgery::DowngradeMd5 => {
+            if order.api != Api::V2 {
+                return Err("downgrade_md5 forges a v2 notify".into());
+            }
+            let claimed = SimOrder {
+                state: TradeState::Success,
+                transaction_id: Some(sim.next_id("4200")),
+                success_time: Some(OffsetDateTime::now_utc()),
+                ..order.clone()
+            };
+            let mut fields: BTreeMap<String, String> =
+                xml::read(std::str::from_utf8(&body(sim, &claimed)).unwrap_or("")).unwrap_or_default();
+            fields.insert("sign".into(), v2_sign(&fields, &sim.keys.api_v2_key, SignType::Md5));
+            (order.notify_url.clone(), xml::write(&fields).into_bytes(), Vec::new())
         }
         Forgery::BadSignature | Forgery::StaleTimestamp => {
             // The forger claims the order was paid.

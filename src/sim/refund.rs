@@ -78,7 +78,7 @@ pub(super) fn view(refund: &SimRefund) -> RefundView {
 
 /// Applies a refund to the simulator's books; the same `out_refund_no` again answers the same
 /// refund. Errors are (HTTP status, v3 code, v2 code, message).
-fn apply(
+pub(super) fn apply(
     sim: &Sim,
     no: Option<&str>,
     transaction_id: Option<&str>,
@@ -95,7 +95,7 @@ fn apply(
                 || (transaction_id.is_some() && o.transaction_id.as_deref() == transaction_id)
         })
         .ok_or((StatusCode::NOT_FOUND, "RESOURCE_NOT_EXISTS", "ORDERNOTEXIST", "订单不存在"))?;
-    if !order.state.is_paid() {
+    if !order.state.was_paid() {
         return Err((StatusCode::BAD_REQUEST, "INVALID_REQUEST", "INVALID_REQUEST", "订单未支付，不能退款"));
     }
     let paid = order.paid_total.unwrap_or(order.total);

@@ -159,7 +159,7 @@ pub(super) fn trade_fields(order: &SimOrder) -> Fields {
     set("total_fee", paid_total.to_string());
     set("fee_type", "CNY".into());
     set("trade_type", order.trade_type.as_str().replace("H5", "MWEB"));
-    if order.state.is_paid() {
+    if order.state.was_paid() {
         set("transaction_id", order.transaction_id.clone().unwrap_or_default());
         set("cash_fee", paid_total.to_string());
         set("openid", order.openid.clone().unwrap_or_default());

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use super::{Api, Conflict, NewOrder, Sim, SimOrder};
 use crate::channel::{TradeState, TradeType};
 use crate::wechat::v3::client::beijing_rfc3339;
-use crate::wechat::v3::sign::{Authorization, MAX_SKEW_SECS, SCHEME, nonce, response_message, sign};
+use crate::wechat::v3::sign::{Authorization, SCHEME, nonce, response_message, sign, within_window};
 use crate::wechat::v3::types::{Amount, CloseRequest, Payer, PrepayRequest, Transaction};
 
 /// Whether a request names WeChat's public key (public-key mode).
@@ -74,7 +74,7 @@ fn authenticate(sim: &Sim, method: &Method, uri: &str, headers: &HeaderMap, body
     if auth.serial_no != sim.keys.merchant_serial {
         return Err("商户证书序列号有误");
     }
-    if (OffsetDateTime::now_utc().unix_timestamp() - auth.timestamp).abs() >= MAX_SKEW_SECS {
+    if !within_window(OffsetDateTime::now_utc().unix_timestamp(), auth.timestamp) {
         return Err("请求时间戳已过期");
     }
     let body = std::str::from_utf8(body).unwrap_or("");
@@ -117,7 +117,7 @@ fn valid_out_trade_no(no: &str) -> bool {
 }
 
 pub(super) fn transaction(order: &SimOrder) -> Transaction {
-    let paid = order.state.is_paid();
+    let paid = order.state.was_paid();
     Transaction {
         appid: order.appid.clone(),
         mchid: order.mchid.clone(),

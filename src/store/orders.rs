@@ -4,10 +4,102 @@
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 
-use crate::domain::{Money, OrderStatus, PayMethod};
+use crate::domain::order::OrderFacts;
+use crate::domain::{GoodsKind, Money, OrderStatus, PayMethod};
+
+/// An order as the pay paths read it (`lock`, `read`).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderRow {
+    pub order_no: String,
+    pub user_id: i64,
+    pub goods_id: i64,
+    kind: String,
+    pub num: i32,
+    amount: Decimal,
+    status: String,
+    /// PAID: the payment that settled it.
+    pub pay_no: Option<String>,
+    /// PAYING: the payment it waits for.
+    pub paying_pay_no: Option<String>,
+    /// When its pay time runs out (the channel order is created to stop taking money then).
+    pub expires_at: OffsetDateTime,
+    /// Its pay time has run out.
+    pub expired: bool,
+    /// The transaction's clock (one `now()` for everything it writes).
+    pub now: OffsetDateTime,
+}
+
+impl OrderRow {
+    pub fn status(&self) -> OrderStatus {
+        OrderStatus::parse(&self.status).expect("orders.status CHECK")
+    }
+
+    pub fn amount(&self) -> Money {
+        Money::from_decimal(self.amount).expect("orders.amount is NUMERIC(12,2) > 0")
+    }
+
+    pub fn kind(&self) -> GoodsKind {
+        GoodsKind::parse(&self.kind).expect("orders.kind comes from goods.kind")
+    }
+
+    /// What `domain::order::check_payable` decides on.
+    pub fn facts(&self) -> OrderFacts<'_> {
+        OrderFacts {
+            user_id: self.user_id,
+            status: self.status(),
+            amount: self.amount(),
+            expired: self.expired,
+            pay_no: self.pay_no.as_deref(),
+        }
+    }
+
+    /// Whether the order waits for exactly this payment.
+    pub fn is_paying_with(&self, pay_no: &str) -> bool {
+        self.status() == OrderStatus::Paying && self.paying_pay_no.as_deref() == Some(pay_no)
+    }
+}
+
+const ORDER_COLUMNS: &str = "order_no, user_id, goods_id, kind, num, amount, status, pay_no, paying_pay_no,
+                             expires_at, expires_at <= now() AS expired, now() AS now";
+
+/// Locks these orders (`FOR UPDATE`, in order_no order, so two lockers never deadlock on them)
+/// and reads them as they are once the locks are granted. Every transaction that changes an
+/// order or its payments locks the order first, with this, and its payments after: one lock
+/// order everywhere, so settling, paying and expiring never deadlock on each other.
+pub async fn lock(conn: &mut PgConnection, order_nos: &[&str]) -> Result<Vec<OrderRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_no = ANY($1) ORDER BY order_no FOR UPDATE"))
+        .bind(order_nos)
+        .fetch_all(conn)
+        .await
+}
+
+/// `lock` for one order.
+pub async fn lock_one(conn: &mut PgConnection, order_no: &str) -> Result<Option<OrderRow>, sqlx::Error> {
+    Ok(lock(conn, &[order_no]).await?.pop())
+}
+
+/// An order read without a lock, and for a paid one the pay request that paid it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SeenOrder {
+    #[sqlx(flatten)]
+    pub order: OrderRow,
+    pub paid_by: Option<uuid::Uuid>,
+}
+
+/// These orders as they are now, unlocked: for checks worth making before expensive work, which
+/// the locked transaction makes again.
+pub async fn read(pool: &PgPool, order_nos: &[&str]) -> Result<Vec<SeenOrder>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS}, (SELECT p.request_id FROM payments p WHERE p.pay_no = orders.pay_no) AS paid_by
+         FROM orders WHERE order_no = ANY($1)"
+    ))
+    .bind(order_nos)
+    .fetch_all(pool)
+    .await
+}
 
 /// A freshly created order.
 #[derive(Debug, Clone)]
@@ -85,6 +177,8 @@ pub struct PaymentDetail {
     pub method: PayMethod,
     pub amount: Money,
     pub status: String,
+    /// The channel's number of the payment (WeChat's transaction_id, on the payer's bill).
+    pub third_party_no: Option<String>,
 }
 
 /// An order and its payments, as its owner may see them.
@@ -100,12 +194,29 @@ pub struct OrderView {
     pub payments: Vec<PaymentDetail>,
 }
 
-type OrderRow = (String, String, Decimal, Option<String>, Option<String>, Option<OffsetDateTime>, OffsetDateTime);
+#[derive(sqlx::FromRow)]
+struct ViewRow {
+    order_no: String,
+    status: String,
+    amount: Decimal,
+    pay_type: Option<String>,
+    pay_no: Option<String>,
+    paid_at: Option<OffsetDateTime>,
+    expires_at: OffsetDateTime,
+}
+
+#[derive(sqlx::FromRow)]
+struct DetailRow {
+    method: String,
+    amount: Decimal,
+    status: String,
+    third_party_no: Option<String>,
+}
 
 /// The order with its payments, if it exists and belongs to `user_id` (someone else's order
 /// is indistinguishable from a missing one).
 pub async fn find_for_user(pool: &PgPool, order_no: &str, user_id: i64) -> Result<Option<OrderView>, sqlx::Error> {
-    let row: Option<OrderRow> = sqlx::query_as(
+    let row: Option<ViewRow> = sqlx::query_as(
         "SELECT order_no, status, amount, pay_type, pay_no, paid_at, expires_at
          FROM orders WHERE order_no = $1 AND user_id = $2",
     )
@@ -113,28 +224,29 @@ pub async fn find_for_user(pool: &PgPool, order_no: &str, user_id: i64) -> Resul
     .bind(user_id)
     .fetch_optional(pool)
     .await?;
-    let Some((order_no, status, amount, pay_type, pay_no, paid_at, expires_at)) = row else {
+    let Some(row) = row else {
         return Ok(None);
     };
-    let payments: Vec<(String, Decimal, String)> =
-        sqlx::query_as("SELECT method, amount, status FROM payments WHERE order_no = $1 ORDER BY id")
-            .bind(&order_no)
+    let payments: Vec<DetailRow> =
+        sqlx::query_as("SELECT method, amount, status, third_party_no FROM payments WHERE order_no = $1 ORDER BY id")
+            .bind(&row.order_no)
             .fetch_all(pool)
             .await?;
     Ok(Some(OrderView {
-        order_no,
-        status: OrderStatus::parse(&status).expect("orders.status CHECK"),
-        amount: Money::from_decimal(amount).expect("NUMERIC(12,2)"),
-        pay_method: pay_type.as_deref().and_then(PayMethod::parse),
-        pay_no,
-        paid_at,
-        expires_at,
+        status: OrderStatus::parse(&row.status).expect("orders.status CHECK"),
+        amount: Money::from_decimal(row.amount).expect("NUMERIC(12,2)"),
+        pay_method: row.pay_type.as_deref().and_then(PayMethod::parse),
+        order_no: row.order_no,
+        pay_no: row.pay_no,
+        paid_at: row.paid_at,
+        expires_at: row.expires_at,
         payments: payments
             .into_iter()
-            .map(|(method, amount, status)| PaymentDetail {
-                method: PayMethod::parse(&method).expect("payments.method CHECK"),
-                amount: Money::from_decimal(amount).expect("NUMERIC(12,2)"),
-                status,
+            .map(|p| PaymentDetail {
+                method: PayMethod::parse(&p.method).expect("payments.method CHECK"),
+                amount: Money::from_decimal(p.amount).expect("NUMERIC(12,2)"),
+                status: p.status,
+                third_party_no: p.third_party_no,
             })
             .collect(),
     }))

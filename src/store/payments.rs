@@ -1,14 +1,14 @@
 //! Applying internal-asset payments (balance, integral, money2), a batch at a time.
 //!
-//! One transaction per batch, five round trips however many payments it holds (a sixth when an
+//! One transaction per batch, six round trips however many payments it holds (a seventh when an
 //! order in it is already paid, to tell a redelivery from a second payment):
-//! 1. lock the batch's orders (sorted, so two batches never deadlock on them), drawing a pay
-//!    number for each from `pay_no_seq`;
-//! 2. decide in Rust which requests are refused (unknown order, someone else's, paid, closed,
-//!    wrong amount);
+//! 1. lock the batch's orders (`orders::lock`: sorted, so two batches never deadlock on them;
+//!    an order a WeChat create made PAYING meanwhile is read as PAYING once the lock is granted);
+//! 2. decide in Rust which requests are refused (`domain::order::check_payable`: unknown
+//!    order, someone else's, paid, paying with WeChat, closed, wrong amount);
 //! 3. lock the paying users (sorted by id) and walk the batch in order against their locked
 //!    balances, refusing NOTENOUGH where a payment does not fit: the running balance also gives
-//!    every ledger row its exact balance-after;
+//!    every ledger row its exact balance-after; draw a pay number for each payment that fits;
 //! 4. one statement writes everything: a conditional `UPDATE users … FROM` grouped by account
 //!    (`money >= delta`, so even a wrong decision cannot overdraw; the CHECK constraints stand
 //!    behind it), and `INSERT … SELECT FROM unnest(…)` into payments, asset_ledger, profit_pay
@@ -26,8 +26,10 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::orders::{self, OrderRow};
+use crate::domain::order::check_payable;
 use crate::domain::payment::{Receipt, Refusal};
-use crate::domain::{Asset, Code, GoodsKind, Money, OrderStatus, PayMethod};
+use crate::domain::{Asset, Code, Money, OrderStatus, PayMethod};
 use crate::mq::messages::OrderPaid;
 use crate::mq::topology;
 
@@ -73,23 +75,6 @@ pub async fn apply(pool: &PgPool, batch: &[AssetPayment]) -> Result<Vec<Applied>
 }
 
 #[derive(sqlx::FromRow)]
-struct LockedOrder {
-    order_no: String,
-    user_id: i64,
-    goods_id: i64,
-    kind: String,
-    num: i32,
-    amount: Decimal,
-    status: String,
-    pay_no: Option<String>,
-    expired: bool,
-    /// A WeChat payment of the order waits for the payer (its create locked the order too).
-    wechat_paying: bool,
-    seq: i64,
-    now: OffsetDateTime,
-}
-
-#[derive(sqlx::FromRow)]
 struct LockedUser {
     id: i64,
     money: Decimal,
@@ -113,29 +98,23 @@ struct Settled<'a> {
     asset: Asset,
     pay_no: String,
     balance_after: Money,
-    order: &'a LockedOrder,
+    order: &'a OrderRow,
 }
 
 /// Applies requests for distinct orders in one transaction.
 async fn apply_round(pool: &PgPool, items: &[&AssetPayment]) -> Result<Vec<Applied>, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let applied = apply_in(&mut tx, items).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
 
+/// Applies requests for distinct orders in the caller's transaction: what `apply` does for
+/// each round, with the orders and users locked until the caller commits or rolls back.
+pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> Result<Vec<Applied>, sqlx::Error> {
     let order_nos: Vec<&str> = items.iter().map(|p| p.order_no.as_str()).collect();
-    let orders: Vec<LockedOrder> = sqlx::query_as(
-        "SELECT order_no, user_id, goods_id, kind, num, amount, status, pay_no,
-                expires_at <= now() AS expired,
-                EXISTS (SELECT 1 FROM payments p
-                        WHERE p.order_no = orders.order_no AND p.method = 'wechat' AND p.status = 'PAYING') AS wechat_paying,
-                nextval('pay_no_seq') AS seq, now() AS now
-         FROM orders
-         WHERE order_no = ANY($1)
-         ORDER BY order_no
-         FOR UPDATE",
-    )
-    .bind(&order_nos)
-    .fetch_all(&mut *tx)
-    .await?;
-    let by_no: HashMap<&str, &LockedOrder> = orders.iter().map(|o| (o.order_no.as_str(), o)).collect();
+    let orders = orders::lock(tx, &order_nos).await?;
+    let by_no: HashMap<&str, &OrderRow> = orders.iter().map(|o| (o.order_no.as_str(), o)).collect();
     // Who paid the paid ones, read after the lock: a row read in the same statement as the
     // lock would be the one from before the wait, missing a payment committed meanwhile.
     let paid: Vec<&str> = orders.iter().filter_map(|o| o.pay_no.as_deref()).collect();
@@ -192,7 +171,7 @@ async fn apply_round(pool: &PgPool, items: &[&AssetPayment]) -> Result<Vec<Appli
     let hashes: HashMap<i64, Option<&str>> = users.iter().map(|u| (u.id, u.pay_password_hash.as_deref())).collect();
 
     let mut outcomes: Vec<Option<Applied>> = Vec::with_capacity(items.len());
-    let mut settled: Vec<(usize, Settled)> = Vec::new();
+    let mut fitting: Vec<(usize, &AssetPayment, Asset, Money)> = Vec::new();
     let mut replays: Vec<(usize, Uuid, Option<String>)> = Vec::new();
     for (i, (decision, payment)) in decisions.into_iter().zip(items).enumerate() {
         outcomes.push(None);
@@ -200,7 +179,6 @@ async fn apply_round(pool: &PgPool, items: &[&AssetPayment]) -> Result<Vec<Appli
             Decision::Done(applied) => outcomes[i] = Some(applied),
             Decision::Replay => replays.push((i, payment.request_id, by_no[payment.order_no.as_str()].pay_no.clone())),
             Decision::Candidate => {
-                let order = by_no[payment.order_no.as_str()];
                 let asset = payment.method.asset().expect("asset payments only");
                 if payment.method == PayMethod::Balance
                     && hashes.get(&payment.user_id).copied().flatten() != payment.verified_hash.as_deref()
@@ -216,8 +194,7 @@ async fn apply_round(pool: &PgPool, items: &[&AssetPayment]) -> Result<Vec<Appli
                 match balance.checked_sub(payment.asset_amount) {
                     Some(after) => {
                         *balance = after;
-                        let pay_no = pay_no(payment.method, order.now, order.seq);
-                        settled.push((i, Settled { payment, asset, pay_no, balance_after: after, order }));
+                        fitting.push((i, payment, asset, after));
                     }
                     None => {
                         outcomes[i] = Some(Applied::Refused(Refusal::new(
@@ -235,15 +212,24 @@ async fn apply_round(pool: &PgPool, items: &[&AssetPayment]) -> Result<Vec<Appli
         }
     }
 
-    if !settled.is_empty() {
-        write_settled(&mut tx, &settled).await?;
+    let mut settled: Vec<(usize, Settled)> = Vec::with_capacity(fitting.len());
+    if !fitting.is_empty() {
+        let seqs: Vec<i64> = sqlx::query_scalar("SELECT nextval('pay_no_seq') FROM generate_series(1, $1)")
+            .bind(fitting.len() as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+        for ((i, payment, asset, balance_after), seq) in fitting.into_iter().zip(seqs) {
+            let order = by_no[payment.order_no.as_str()];
+            let pay_no = pay_no(payment.method, order.now, seq);
+            settled.push((i, Settled { payment, asset, pay_no, balance_after, order }));
+        }
+        write_settled(tx, &settled).await?;
     }
     let replayed = if replays.is_empty() {
         HashMap::new()
     } else {
-        receipts_by_request(&mut tx, &replays.iter().map(|(_, id, _)| *id).collect::<Vec<_>>()).await?
+        receipts_by_request(tx, &replays.iter().map(|(_, id, _)| *id).collect::<Vec<_>>()).await?
     };
-    tx.commit().await?;
 
     for (i, s) in settled {
         outcomes[i] = Some(Applied::Paid(Receipt {
@@ -266,32 +252,15 @@ async fn apply_round(pool: &PgPool, items: &[&AssetPayment]) -> Result<Vec<Appli
 
 /// The order checks of one request, given its locked order (if any) and, for a paid order, the
 /// request that paid it.
-fn decide(payment: &AssetPayment, order: Option<&LockedOrder>, paid_by: Option<Uuid>) -> Decision {
-    let refuse = |code, message: &str| Decision::Done(Applied::Refused(Refusal::new(code, message)));
-    let Some(order) = order.filter(|o| o.user_id == payment.user_id) else {
-        return refuse(Code::NotFound, "order not found");
-    };
-    match OrderStatus::parse(&order.status) {
-        Some(OrderStatus::Paid) if paid_by == Some(payment.request_id) => Decision::Replay,
-        Some(OrderStatus::Paid) => Decision::Done(Applied::Refused(Refusal {
-            pay_no: order.pay_no.clone(),
-            ..Refusal::new(Code::OrderPaid, "order already paid")
-        })),
-        Some(OrderStatus::Closed) => refuse(Code::OrderClosed, "order is closed"),
-        _ if order.expired => refuse(Code::OrderClosed, "order's pay time has run out; place a new order"),
-        _ if order.wechat_paying => refuse(
-            Code::OrderPaying,
-            "a WeChat payment of this order is waiting; finish it, or pay another way once it expires",
-        ),
-        _ if order.amount != payment.amount.as_decimal() => refuse(
-            Code::AmountMismatch,
-            &format!(
-                "amount {} is not the order amount {}",
-                payment.amount,
-                Money::from_decimal(order.amount).unwrap_or_default()
-            ),
-        ),
-        _ => Decision::Candidate,
+fn decide(payment: &AssetPayment, order: Option<&OrderRow>, paid_by: Option<Uuid>) -> Decision {
+    if order.is_some_and(|o| o.user_id == payment.user_id && o.status() == OrderStatus::Paid)
+        && paid_by == Some(payment.request_id)
+    {
+        return Decision::Replay;
+    }
+    match check_payable(order.map(OrderRow::facts).as_ref(), payment.user_id, payment.amount) {
+        Ok(()) => Decision::Candidate,
+        Err(refusal) => Decision::Done(Applied::Refused(refusal)),
     }
 }
 
@@ -354,7 +323,7 @@ async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'
             order_no: p.order_no.clone(),
             user_id: p.user_id,
             goods_id: s.order.goods_id,
-            kind: GoodsKind::parse(&s.order.kind).expect("orders.kind comes from goods.kind"),
+            kind: s.order.kind(),
             num: s.order.num,
             amount: p.amount,
             pay_no: s.pay_no.clone(),

@@ -1,5 +1,10 @@
 //! WeChat payments in the database: beginning one (or finding the one to reuse), keeping its
-//! prepay, settling it from a reported trade, and closing it when the order's pay time runs out.
+//! prepay, settling it from a confirmed trade, and closing it when the order's pay time runs out.
+//!
+//! Every transaction here locks the order first (`orders::lock`), then the payment: the order
+//! row says whether it waits for a WeChat payment (PAYING), so a concurrent asset payment,
+//! which locks the same row, sees it; and one lock order means settling and expiring never
+//! deadlock.
 
 use std::time::Duration;
 
@@ -8,11 +13,18 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::channel::{Prepaid, Trade, TradeType};
+use super::orders::{self, OrderRow};
+use crate::channel::{Prepaid, Trade, TradeState, TradeType};
+use crate::domain::order::{OrderFacts, check_payable};
 use crate::domain::payment::Refusal;
-use crate::domain::{Code, GoodsKind, Money, OrderStatus, PayMethod};
+use crate::domain::{Code, Money, OrderStatus, PayMethod};
 use crate::mq::messages::{OrderPaid, TradeReported, TradeSource, WechatCreateRequested};
 use crate::mq::topology;
+use crate::wechat::SignedNotify;
+use crate::wechat::v2::sign::SignType;
+
+/// WeChat takes a description of at most 127 characters.
+const MAX_DESCRIPTION_CHARS: usize = 127;
 
 /// What to do for a create request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,49 +47,58 @@ pub enum Begun {
 /// What the channel order was (or is to be) created with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrepayDetails {
+    /// The goods' name: what the payer sees on WeChat's pay sheet and bill, so not the client's
+    /// to choose.
     pub description: String,
     pub openid: Option<String>,
     pub client_ip: String,
 }
 
-type OrderRow = (i64, Decimal, String, bool, OffsetDateTime);
-type PaymentRow =
-    (String, String, Option<String>, Option<serde_json::Value>, bool, Option<String>, Option<String>, Option<String>);
+/// How a channel order is created: the API generation, and (v2) the sign type its notifies
+/// will be signed with.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelVersion {
+    pub api_version: &'static str,
+    pub sign_type: Option<SignType>,
+}
+
+#[derive(sqlx::FromRow)]
+struct WechatRow {
+    pay_no: String,
+    trade_type: Option<String>,
+    prepaid: Option<serde_json::Value>,
+    /// The prepay is younger than `wechat.prepay_valid_secs`.
+    fresh: bool,
+    description: Option<String>,
+    openid: Option<String>,
+    client_ip: Option<String>,
+}
 
 /// Checks the order and finds or creates its WeChat payment, in one transaction.
 pub async fn begin(
     pool: &PgPool,
     request: &WechatCreateRequested,
-    api_version: &str,
+    version: ChannelVersion,
     prepay_valid: Duration,
 ) -> Result<Begun, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let order: Option<OrderRow> = sqlx::query_as(
-        "SELECT user_id, amount, status, expires_at <= now(), expires_at FROM orders WHERE order_no = $1 FOR UPDATE",
-    )
-    .bind(&request.order_no)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let refuse = |code, message: &str| Ok(Begun::Refused(Refusal::new(code, message)));
-    let Some((user_id, amount, status, expired, expires_at)) = order.filter(|o| o.0 == request.user_id) else {
-        return refuse(Code::NotFound, "order not found");
-    };
-    match OrderStatus::parse(&status) {
-        Some(OrderStatus::Paid) => return refuse(Code::OrderPaid, "order already paid"),
-        Some(OrderStatus::Closed) => return refuse(Code::OrderClosed, "order is closed"),
-        _ if expired => return refuse(Code::OrderClosed, "order's pay time has run out; place a new order"),
-        _ => {}
-    }
-    if amount != request.amount.as_decimal() {
-        let message = format!(
-            "amount {} is not the order amount {}",
-            request.amount,
-            Money::from_decimal(amount).unwrap_or_default()
-        );
-        return refuse(Code::AmountMismatch, &message);
-    }
-    let existing: Option<PaymentRow> = sqlx::query_as(
-        "SELECT pay_no, status, trade_type, prepaid, coalesce(prepaid_at > now() - make_interval(secs => $2), false),
+    let begun = begin_in(&mut tx, request, version, prepay_valid).await?;
+    tx.commit().await?;
+    Ok(begun)
+}
+
+/// `begin` in the caller's transaction (the order stays locked until it ends).
+pub async fn begin_in(
+    tx: &mut PgConnection,
+    request: &WechatCreateRequested,
+    version: ChannelVersion,
+    prepay_valid: Duration,
+) -> Result<Begun, sqlx::Error> {
+    let order = orders::lock_one(tx, &request.order_no).await?;
+    // Read after the order's lock: a payment committed while this waited is seen.
+    let existing: Option<WechatRow> = sqlx::query_as(
+        "SELECT pay_no, trade_type, prepaid,
+                coalesce(prepaid_at > now() - make_interval(secs => $2), false) AS fresh,
                 description, openid, client_ip
          FROM payments WHERE order_no = $1 AND method = 'wechat'",
     )
@@ -85,73 +106,117 @@ pub async fn begin(
     .bind(prepay_valid.as_secs_f64())
     .fetch_optional(&mut *tx)
     .await?;
-    let begun = match existing {
+    // The order waits for this very payment: for it, the order is payable.
+    let mine = order.as_ref().zip(existing.as_ref()).is_some_and(|(o, p)| o.is_paying_with(&p.pay_no));
+    let facts =
+        order.as_ref().map(|o| OrderFacts { status: if mine { OrderStatus::Unpaid } else { o.status() }, ..o.facts() });
+    if let Err(refusal) = check_payable(facts.as_ref(), request.user_id, request.amount) {
+        return Ok(Begun::Refused(refusal));
+    }
+    let order = order.expect("check_payable refuses a missing order");
+    let refuse = |code, message: &str| Ok(Begun::Refused(Refusal::new(code, message)));
+    let existing = match existing {
         None => {
-            let pay_no: String = sqlx::query_scalar(
-                "INSERT INTO payments (pay_no, order_no, user_id, method, amount, asset_amount, status, request_id,
-                                       trade_type, openid, client_ip, description, api_version)
-                 VALUES ('WX' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS') || lpad(nextval('pay_no_seq')::text, 10, '0'),
-                         $1, $2, 'wechat', $3, $3, 'PAYING', $4, $5, $6, $7, $8, $9)
-                 RETURNING pay_no",
+            let (pay_no, description): (String, String) = sqlx::query_as(
+                "WITH p AS (
+                     INSERT INTO payments (pay_no, order_no, user_id, method, amount, asset_amount, status, request_id,
+                                           trade_type, openid, client_ip, description, api_version, sign_type)
+                     SELECT 'WX' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS') || lpad(nextval('pay_no_seq')::text, 10, '0'),
+                            $1, $2, 'wechat', $3, $3, 'PAYING', $4, $5, $6, $7, left(g.name, $8), $9, $10
+                     FROM goods g WHERE g.id = $11
+                     RETURNING pay_no, description
+                 ), o AS (
+                     UPDATE orders SET status = 'PAYING', paying_pay_no = p.pay_no, pay_type = 'wechat'
+                     FROM p WHERE orders.order_no = $1 AND orders.status = 'UNPAID'
+                 )
+                 SELECT pay_no, description FROM p",
             )
             .bind(&request.order_no)
-            .bind(user_id)
-            .bind(amount)
+            .bind(order.user_id)
+            .bind(order.amount().as_decimal())
             .bind(request.request_id)
             .bind(request.trade_type.as_str())
             .bind(&request.openid)
             .bind(&request.client_ip)
-            .bind(&request.description)
-            .bind(api_version)
+            .bind(MAX_DESCRIPTION_CHARS as i32)
+            .bind(version.api_version)
+            .bind(version.sign_type.map(SignType::as_str))
+            .bind(order.goods_id)
             .fetch_one(&mut *tx)
             .await?;
-            let details = PrepayDetails {
-                description: request.description.clone(),
-                openid: request.openid.clone(),
-                client_ip: request.client_ip.clone(),
-            };
-            Begun::Prepay { pay_no, expires_at, details }
+            let details =
+                PrepayDetails { description, openid: request.openid.clone(), client_ip: request.client_ip.clone() };
+            return Ok(Begun::Prepay { pay_no, expires_at: order.expires_at, details });
         }
-        Some((pay_no, status, trade_type, prepaid, fresh, description, openid, client_ip)) => {
-            if status != "PAYING" {
-                return refuse(Code::OrderClosed, "this order's WeChat payment was closed; place a new order");
-            }
-            if trade_type.as_deref() != Some(request.trade_type.as_str()) {
-                let message = format!(
-                    "this order is being paid with {}; retry with that trade_type",
-                    trade_type.unwrap_or_default()
-                );
-                return refuse(Code::Validation, &message);
-            }
-            // A JSAPI prepay is bound to the payer's openid.
-            if request.trade_type == TradeType::Jsapi && openid != request.openid {
-                return refuse(Code::Validation, "this order's WeChat payment belongs to another payer (openid)");
-            }
-            match prepaid.filter(|_| fresh).and_then(|p| serde_json::from_value::<Prepaid>(p).ok()) {
-                Some(prepaid) => Begun::Reuse { pay_no, prepaid },
-                None => {
-                    let details = PrepayDetails {
-                        description: description.unwrap_or_else(|| request.description.clone()),
-                        openid,
-                        client_ip: client_ip.unwrap_or_else(|| request.client_ip.clone()),
-                    };
-                    Begun::Prepay { pay_no, expires_at, details }
-                }
-            }
-        }
+        Some(existing) => existing,
     };
-    tx.commit().await?;
-    Ok(begun)
+    if !mine {
+        // The order is UNPAID and its WeChat payment is over (the trade closed or failed):
+        // WeChat takes no second trade under the same number.
+        return refuse(Code::OrderClosed, "this order's WeChat payment was closed; place a new order");
+    }
+    if existing.trade_type.as_deref() != Some(request.trade_type.as_str()) {
+        let message = format!(
+            "this order is being paid with {}; retry with that trade_type",
+            existing.trade_type.unwrap_or_default()
+        );
+        return refuse(Code::Validation, &message);
+    }
+    // A JSAPI prepay is bound to the payer's openid.
+    if request.trade_type == TradeType::Jsapi && existing.openid != request.openid {
+        return refuse(Code::Validation, "this order's WeChat payment belongs to another payer (openid)");
+    }
+    let prepaid = existing.prepaid.filter(|_| existing.fresh).and_then(|p| serde_json::from_value::<Prepaid>(p).ok());
+    Ok(match prepaid {
+        Some(prepaid) => Begun::Reuse { pay_no: existing.pay_no, prepaid },
+        None => {
+            let details = PrepayDetails {
+                description: existing.description.unwrap_or_default(),
+                openid: existing.openid,
+                client_ip: existing.client_ip.unwrap_or_else(|| request.client_ip.clone()),
+            };
+            Begun::Prepay { pay_no: existing.pay_no, expires_at: order.expires_at, details }
+        }
+    })
 }
 
-/// Keeps the channel's prepay answer for reuse.
-pub async fn record_prepaid(pool: &PgPool, pay_no: &str, prepaid: &Prepaid) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE payments SET prepaid = $2, prepaid_at = now() WHERE pay_no = $1")
+/// Whether a prepay was kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Kept: the payer may be given pay params for it.
+    Kept,
+    /// The order no longer waits for this payment (its pay time ran out, or a retry of an
+    /// older request): the trade must be closed at the channel, and the payer told why.
+    Refused(Refusal),
+}
+
+/// Keeps the channel's prepay answer for reuse, if the order still waits for this payment.
+pub async fn record_prepaid(pool: &PgPool, pay_no: &str, prepaid: &Prepaid) -> Result<Recorded, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let order_no: Option<String> = sqlx::query_scalar("SELECT order_no FROM payments WHERE pay_no = $1")
+        .bind(pay_no)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let order = match &order_no {
+        Some(order_no) => orders::lock_one(&mut tx, order_no).await?,
+        None => None,
+    };
+    if !order.as_ref().is_some_and(|o| o.is_paying_with(pay_no)) {
+        let refusal = match &order {
+            Some(o) => check_payable(Some(&o.facts()), o.user_id, o.amount()).err(),
+            None => None,
+        };
+        return Ok(Recorded::Refused(refusal.unwrap_or_else(|| {
+            Refusal::new(Code::OrderClosed, "this order's WeChat payment was closed; place a new order")
+        })));
+    }
+    sqlx::query("UPDATE payments SET prepaid = $2, prepaid_at = now() WHERE pay_no = $1 AND status = 'PAYING'")
         .bind(pay_no)
         .bind(serde_json::to_value(prepaid).expect("serialises"))
-        .execute(pool)
-        .await
-        .map(drop)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Recorded::Kept)
 }
 
 /// The WeChat payment of an order, as the status and retry endpoints need it.
@@ -162,36 +227,45 @@ pub struct WechatPayment {
     pub trade_type: Option<TradeType>,
     pub openid: Option<String>,
     pub client_ip: Option<String>,
-    pub description: Option<String>,
     pub amount: Money,
     /// How long it has been waiting for the payer.
     pub age: Duration,
 }
 
+#[derive(sqlx::FromRow)]
+struct FoundRow {
+    pay_no: String,
+    status: String,
+    trade_type: Option<String>,
+    openid: Option<String>,
+    client_ip: Option<String>,
+    amount: Decimal,
+    age_secs: f64,
+}
+
 pub async fn find(pool: &PgPool, order_no: &str) -> Result<Option<WechatPayment>, sqlx::Error> {
-    type Row = (String, String, Option<String>, Option<String>, Option<String>, Option<String>, Decimal, f64);
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT pay_no, status, trade_type, openid, client_ip, description, amount,
-                extract(epoch FROM now() - created_at)::float8
+    let row: Option<FoundRow> = sqlx::query_as(
+        "SELECT pay_no, status, trade_type, openid, client_ip, amount,
+                extract(epoch FROM now() - created_at)::float8 AS age_secs
          FROM payments WHERE order_no = $1 AND method = 'wechat'",
     )
     .bind(order_no)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(pay_no, status, trade_type, openid, client_ip, description, amount, age)| WechatPayment {
-        pay_no,
-        status,
-        trade_type: trade_type.as_deref().and_then(TradeType::parse),
-        openid,
-        client_ip,
-        description,
-        amount: Money::from_decimal(amount).expect("NUMERIC(12,2)"),
-        age: Duration::from_secs_f64(age.max(0.0)),
+    Ok(row.map(|r| WechatPayment {
+        pay_no: r.pay_no,
+        status: r.status,
+        trade_type: r.trade_type.as_deref().and_then(TradeType::parse),
+        openid: r.openid,
+        client_ip: r.client_ip,
+        amount: Money::from_decimal(r.amount).expect("NUMERIC(12,2)"),
+        age: Duration::from_secs_f64(r.age_secs.max(0.0)),
     }))
 }
 
 /// Queues a trade our own query found, for the notify-worker to settle (through the outbox, so
-/// it leaves only if the caller's transaction commits).
+/// it leaves only if the caller's transaction commits). The notify-worker asks WeChat again
+/// before it settles anything: a message on the queue proves nothing by itself.
 pub async fn enqueue_reported(conn: &mut PgConnection, trade: &Trade) -> Result<(), sqlx::Error> {
     let report = TradeReported {
         source: TradeSource::Query,
@@ -199,6 +273,7 @@ pub async fn enqueue_reported(conn: &mut PgConnection, trade: &Trade) -> Result<
         event_type: format!("QUERY.{}", trade.trade_state.as_str()),
         trade: trade.clone(),
         raw: serde_json::to_string(trade).expect("serialises"),
+        signed: None,
     };
     sqlx::query("INSERT INTO outbox (message_id, queue, kind, payload) VALUES ($1, $2, 'trade_reported', $3)")
         .bind(Uuid::now_v7())
@@ -215,40 +290,62 @@ pub async fn report_trade(pool: &PgPool, trade: &Trade) -> Result<(), sqlx::Erro
     enqueue_reported(&mut conn, trade).await
 }
 
-/// Closes an unpaid order whose pay time ran out, and its WeChat payment if one is waiting.
-pub async fn expire(pool: &PgPool, order_no: &str) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let closed = sqlx::query("UPDATE orders SET status = 'CLOSED' WHERE order_no = $1 AND status = 'UNPAID'")
-        .bind(order_no)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-        == 1;
-    sqlx::query(
-        "UPDATE payments SET status = 'CLOSED' WHERE order_no = $1 AND method = 'wechat' AND status = 'PAYING'",
-    )
-    .bind(order_no)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(closed)
+/// What the expiry did to an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Closed now (with its waiting WeChat payment).
+    Closed,
+    /// Paid, closed already, or its pay time has not run out: nothing to do.
+    Unchanged,
+    /// It waits for a WeChat payment the caller did not check at WeChat (one begun after the
+    /// caller looked): check that one first.
+    Unchecked,
 }
 
-/// An order as the timeout check sees it: its state, whether its pay time has run out, and its
-/// waiting WeChat payment's number.
-pub async fn timeout_view(
-    pool: &PgPool,
-    order_no: &str,
-) -> Result<Option<(OrderStatus, bool, Option<String>)>, sqlx::Error> {
-    let row: Option<(String, bool, Option<String>)> = sqlx::query_as(
-        "SELECT o.status, o.expires_at <= now(), p.pay_no
-         FROM orders o LEFT JOIN payments p ON p.order_no = o.order_no AND p.method = 'wechat' AND p.status = 'PAYING'
-         WHERE o.order_no = $1",
-    )
-    .bind(order_no)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(status, due, pay_no)| (OrderStatus::parse(&status).expect("orders.status CHECK"), due, pay_no)))
+/// Closes an order whose pay time ran out if it is still unpaid, and its WeChat payment if
+/// that is `checked`: the one the caller made sure, at WeChat, can no longer be paid.
+pub async fn expire(pool: &PgPool, order_no: &str, checked: Option<&str>) -> Result<Expiry, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some(order) = orders::lock_one(&mut tx, order_no).await? else {
+        return Ok(Expiry::Unchanged);
+    };
+    let waiting = match order.status() {
+        _ if !order.expired => return Ok(Expiry::Unchanged),
+        OrderStatus::Unpaid => None,
+        OrderStatus::Paying if order.paying_pay_no.as_deref() == checked => order.paying_pay_no.as_deref(),
+        OrderStatus::Paying => return Ok(Expiry::Unchecked),
+        OrderStatus::Paid | OrderStatus::Closed => return Ok(Expiry::Unchanged),
+    };
+    sqlx::query("UPDATE orders SET status = 'CLOSED', paying_pay_no = NULL WHERE order_no = $1")
+        .bind(order_no)
+        .execute(&mut *tx)
+        .await?;
+    if let Some(pay_no) = waiting {
+        sqlx::query("UPDATE payments SET status = 'CLOSED' WHERE pay_no = $1 AND status = 'PAYING'")
+            .bind(pay_no)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(Expiry::Closed)
+}
+
+/// An order as the expiry check sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeoutView {
+    pub status: OrderStatus,
+    /// Its pay time has run out.
+    pub due: bool,
+    /// PAYING: the WeChat payment it waits for.
+    pub paying_pay_no: Option<String>,
+}
+
+pub async fn timeout_view(pool: &PgPool, order_no: &str) -> Result<Option<TimeoutView>, sqlx::Error> {
+    Ok(orders::read(pool, &[order_no]).await?.pop().map(|seen| TimeoutView {
+        status: seen.order.status(),
+        due: seen.order.expired,
+        paying_pay_no: seen.order.paying_pay_no,
+    }))
 }
 
 /// What the notify-worker made of a report.
@@ -258,7 +355,7 @@ pub enum Settlement {
     Settled,
     /// Already settled by an earlier report: nothing changed.
     Duplicate,
-    /// The trade was closed at WeChat; recorded on the payment.
+    /// The trade was closed at WeChat; recorded on the payment, and the order is payable again.
     RecordedFailure,
     /// The trade is still waiting for the payer (or an attempt failed and it can be paid again).
     Pending,
@@ -278,12 +375,19 @@ impl Settlement {
     }
 }
 
-type SettleRow = (String, String, Decimal, i64, String, String, Option<String>, i64, String, i32);
+#[derive(sqlx::FromRow)]
+struct PaymentRow {
+    pay_no: String,
+    status: String,
+    amount: Decimal,
+    user_id: i64,
+}
 
-/// Settles a WeChat payment from a reported trade, in one transaction: the trade must name a
-/// payment of ours, our appid and mchid, and the order's amount; then the payment and order
-/// are marked paid with the transaction id and the raw report, with profit_pay and the
-/// order-paid outbox row. Any number of reports of one trade change the state once.
+/// Settles a WeChat payment from a trade the caller confirmed with WeChat (a notify whose
+/// signature it verified, or its own query), in one transaction: the trade must name a payment
+/// of ours, our appid and mchid, and the order's amount; then the payment and order are marked
+/// paid with the transaction id and the raw report, with profit_pay and the order-paid outbox
+/// row. Only SUCCESS settles. Any number of reports of one trade change the state once.
 pub async fn settle(
     pool: &PgPool,
     report: &TradeReported,
@@ -292,118 +396,196 @@ pub async fn settle(
 ) -> Result<Settlement, sqlx::Error> {
     let trade = &report.trade;
     let mut tx = pool.begin().await?;
-    let row: Option<SettleRow> = sqlx::query_as(
-        "SELECT p.pay_no, p.status, p.amount, p.user_id, o.order_no, o.status, o.pay_no, o.goods_id, o.kind, o.num
-         FROM payments p JOIN orders o ON o.order_no = p.order_no
-         WHERE p.pay_no = $1 AND p.method = 'wechat'
-         FOR UPDATE OF p, o",
-    )
-    .bind(&trade.out_trade_no)
-    .fetch_optional(&mut *tx)
-    .await?;
+    // The order first, then the payment (the module's lock order).
+    let order_no: Option<String> =
+        sqlx::query_scalar("SELECT order_no FROM payments WHERE pay_no = $1 AND method = 'wechat'")
+            .bind(&trade.out_trade_no)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let order = match &order_no {
+        Some(order_no) => orders::lock_one(&mut tx, order_no).await?,
+        None => None,
+    };
+    let payment: Option<PaymentRow> = match &order {
+        Some(_) => {
+            sqlx::query_as("SELECT pay_no, status, amount, user_id FROM payments WHERE pay_no = $1 FOR UPDATE")
+                .bind(&trade.out_trade_no)
+                .fetch_optional(&mut *tx)
+                .await?
+        }
+        None => None,
+    };
 
-    let settlement = match &row {
-        None => Settlement::Alert(format!("unknown_trade: no WeChat payment {}", trade.out_trade_no)),
-        Some(_) if trade.appid != appid || trade.mchid != mchid => Settlement::Alert(format!(
+    let settlement = match (&order, &payment) {
+        (Some(order), Some(payment)) if trade.appid == appid && trade.mchid == mchid => {
+            apply_trade(&mut tx, report, order, payment).await?
+        }
+        (Some(_), Some(_)) => Settlement::Alert(format!(
             "merchant_mismatch: the trade names appid {} mchid {}, we are {appid} {mchid}",
             trade.appid, trade.mchid
         )),
-        Some((pay_no, status, amount, user_id, order_no, order_status, order_pay_no, goods_id, kind, num)) => {
-            let amount = Money::from_decimal(*amount).expect("NUMERIC(12,2)");
-            if trade.trade_state.is_paid() {
-                if status == "SUCCESS" {
-                    Settlement::Duplicate
-                } else if trade.total_fen != Some(amount.to_fen()) {
-                    Settlement::Alert(format!(
-                        "amount_mismatch: WeChat reports {:?} fen, the order is {} fen",
-                        trade.total_fen,
-                        amount.to_fen()
-                    ))
-                } else {
-                    let paid_at = trade.success_time.unwrap_or_else(OffsetDateTime::now_utc);
-                    sqlx::query(
-                        "UPDATE payments SET status = 'SUCCESS', third_party_no = $2, paid_at = $3, notify_raw = $4 WHERE pay_no = $1",
-                    )
-                    .bind(pay_no)
-                    .bind(&trade.transaction_id)
-                    .bind(paid_at)
-                    .bind(&report.raw)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query(
-                        "INSERT INTO profit_pay (user_id, order_no, pay_no, change_money, content, pay_type) VALUES ($1, $2, $3, $4, $5, $6)",
-                    )
-                    .bind(user_id)
-                    .bind(order_no)
-                    .bind(pay_no)
-                    .bind(-amount.as_decimal())
-                    .bind(PayMethod::Wechat.content())
-                    .bind(PayMethod::Wechat.pay_type())
-                    .execute(&mut *tx)
-                    .await?;
-                    if order_status == "PAID" {
-                        // Paid twice (another method settled it first): the money is real, so
-                        // the payment stands and an operator refunds one of them.
-                        let detail = format!(
-                            "double_payment: order already paid by {}",
-                            order_pay_no.clone().unwrap_or_default()
-                        );
-                        alert(&mut tx, "double_payment", Some(order_no), Some(pay_no), &detail).await?;
-                    } else {
-                        if order_status == "CLOSED" {
-                            let detail =
-                                "paid_after_close: WeChat took the money after the order closed; it is paid now";
-                            alert(&mut tx, "paid_after_close", Some(order_no), Some(pay_no), detail).await?;
-                        }
-                        sqlx::query("UPDATE orders SET status = 'PAID', pay_type = 'wechat', pay_no = $2, paid_at = $3 WHERE order_no = $1")
-                            .bind(order_no)
-                            .bind(pay_no)
-                            .bind(paid_at)
-                            .execute(&mut *tx)
-                            .await?;
-                        let event = OrderPaid {
-                            order_no: order_no.clone(),
-                            user_id: *user_id,
-                            goods_id: *goods_id,
-                            kind: GoodsKind::parse(kind).expect("orders.kind comes from goods.kind"),
-                            num: *num,
-                            amount,
-                            pay_no: pay_no.clone(),
-                            method: PayMethod::Wechat,
-                            paid_at,
-                        };
-                        sqlx::query(
-                            "INSERT INTO outbox (message_id, queue, kind, payload) VALUES ($1, $2, 'order_paid', $3)",
-                        )
-                        .bind(Uuid::now_v7())
-                        .bind(topology::ORDER_FOLLOWUP)
-                        .bind(serde_json::to_value(&event).expect("serialises"))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    Settlement::Settled
-                }
-            } else if trade.trade_state.is_closed() {
-                // A failed attempt (PAYERROR) leaves the order payable: the payment stays PAYING,
-                // and the expiry check closes it.
-                sqlx::query(
-                    "UPDATE payments SET status = 'CLOSED', notify_raw = $2 WHERE pay_no = $1 AND status = 'PAYING'",
-                )
-                .bind(pay_no)
-                .bind(&report.raw)
-                .execute(&mut *tx)
-                .await?;
-                Settlement::RecordedFailure
-            } else {
-                Settlement::Pending
-            }
-        }
+        _ => Settlement::Alert(format!("unknown_trade: no WeChat payment {}", trade.out_trade_no)),
     };
-    let order_no = row.as_ref().map(|r| r.4.as_str());
     if let Settlement::Alert(detail) = &settlement {
         let kind = detail.split(':').next().unwrap_or("alert");
-        alert(&mut tx, kind, order_no, Some(&trade.out_trade_no), detail).await?;
+        alert(&mut tx, kind, order_no.as_deref(), Some(&trade.out_trade_no), detail).await?;
     }
+    record_report(&mut tx, report, trade.trade_state.as_str(), settlement.outcome()).await?;
+    tx.commit().await?;
+    Ok(settlement)
+}
+
+/// What a trade does to its payment and (locked) order.
+async fn apply_trade(
+    tx: &mut PgConnection,
+    report: &TradeReported,
+    order: &OrderRow,
+    payment: &PaymentRow,
+) -> Result<Settlement, sqlx::Error> {
+    let trade = &report.trade;
+    let amount = Money::from_decimal(payment.amount).expect("NUMERIC(12,2)");
+    let pay_no = payment.pay_no.as_str();
+    let order_no = order.order_no.as_str();
+    let waited_for = order.is_paying_with(pay_no);
+    match trade.trade_state {
+        TradeState::Success if payment.status == "SUCCESS" => Ok(Settlement::Duplicate),
+        TradeState::Success if trade.total_fen != Some(amount.to_fen()) => Ok(Settlement::Alert(format!(
+            "amount_mismatch: WeChat reports {:?} fen, the order is {} fen",
+            trade.total_fen,
+            amount.to_fen()
+        ))),
+        TradeState::Success => {
+            let paid_at = trade.success_time.unwrap_or_else(OffsetDateTime::now_utc);
+            sqlx::query(
+                "UPDATE payments SET status = 'SUCCESS', third_party_no = $2, paid_at = $3, notify_raw = $4 WHERE pay_no = $1",
+            )
+            .bind(pay_no)
+            .bind(&trade.transaction_id)
+            .bind(paid_at)
+            .bind(&report.raw)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO profit_pay (user_id, order_no, pay_no, change_money, content, pay_type) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(payment.user_id)
+            .bind(order_no)
+            .bind(pay_no)
+            .bind(-amount.as_decimal())
+            .bind(PayMethod::Wechat.content())
+            .bind(PayMethod::Wechat.pay_type())
+            .execute(&mut *tx)
+            .await?;
+            if order.status() == OrderStatus::Paid {
+                // Paid twice (another method settled it first): the money is real, so the
+                // payment stands and an operator refunds one of them.
+                let detail =
+                    format!("double_payment: order already paid by {}", order.pay_no.clone().unwrap_or_default());
+                alert(tx, "double_payment", Some(order_no), Some(pay_no), &detail).await?;
+                return Ok(Settlement::Settled);
+            }
+            if !waited_for {
+                let (kind, detail) = if order.status() == OrderStatus::Closed {
+                    (
+                        "paid_after_close",
+                        "paid_after_close: WeChat took the money after the order closed; it is paid now",
+                    )
+                } else {
+                    (
+                        "paid_after_failure",
+                        "paid_after_failure: WeChat took the money after reporting the trade closed; it is paid now",
+                    )
+                };
+                alert(tx, kind, Some(order_no), Some(pay_no), detail).await?;
+            }
+            sqlx::query(
+                "UPDATE orders SET status = 'PAID', pay_type = 'wechat', pay_no = $2, paid_at = $3, paying_pay_no = NULL
+                 WHERE order_no = $1",
+            )
+            .bind(order_no)
+            .bind(pay_no)
+            .bind(paid_at)
+            .execute(&mut *tx)
+            .await?;
+            let event = OrderPaid {
+                order_no: order_no.to_owned(),
+                user_id: payment.user_id,
+                goods_id: order.goods_id,
+                kind: order.kind(),
+                num: order.num,
+                amount,
+                pay_no: pay_no.to_owned(),
+                method: PayMethod::Wechat,
+                paid_at,
+            };
+            sqlx::query("INSERT INTO outbox (message_id, queue, kind, payload) VALUES ($1, $2, 'order_paid', $3)")
+                .bind(Uuid::now_v7())
+                .bind(topology::ORDER_FOLLOWUP)
+                .bind(serde_json::to_value(&event).expect("serialises"))
+                .execute(&mut *tx)
+                .await?;
+            Ok(Settlement::Settled)
+        }
+        // The payer paid and the money went back (a refund in the merchant platform) before
+        // any report settled it here: nothing was bought, so the order stays unpaid, and an
+        // operator reconciles the trade.
+        TradeState::Refund if payment.status == "SUCCESS" => Ok(Settlement::Alert(format!(
+            "refunded_outside: WeChat reports {pay_no} refunded, outside payfleet, after it settled"
+        ))),
+        TradeState::Refund => {
+            sqlx::query(
+                "UPDATE payments SET status = 'REFUNDED', third_party_no = $2, notify_raw = $3 WHERE pay_no = $1",
+            )
+            .bind(pay_no)
+            .bind(&trade.transaction_id)
+            .bind(&report.raw)
+            .execute(&mut *tx)
+            .await?;
+            if waited_for {
+                reopen(tx, order_no).await?;
+            }
+            Ok(Settlement::Alert(format!(
+                "refunded_unsettled: WeChat reports {pay_no} paid and refunded before it settled here; the order stays unpaid"
+            )))
+        }
+        // A failed attempt (PAYERROR) leaves the trade payable: the payment stays PAYING and
+        // the expiry check closes it.
+        state if state.is_closed() => {
+            sqlx::query(
+                "UPDATE payments SET status = 'CLOSED', notify_raw = $2 WHERE pay_no = $1 AND status = 'PAYING'",
+            )
+            .bind(pay_no)
+            .bind(&report.raw)
+            .execute(&mut *tx)
+            .await?;
+            if waited_for {
+                reopen(tx, order_no).await?;
+            }
+            Ok(Settlement::RecordedFailure)
+        }
+        _ => Ok(Settlement::Pending),
+    }
+}
+
+/// PAYING → UNPAID: the payment it waited for is over without the money, so any method may
+/// pay the order again.
+async fn reopen(tx: &mut PgConnection, order_no: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE orders SET status = 'UNPAID', paying_pay_no = NULL, pay_type = NULL WHERE order_no = $1 AND status = 'PAYING'",
+    )
+    .bind(order_no)
+    .execute(tx)
+    .await
+    .map(drop)
+}
+
+/// Keeps every report that reached the notify-worker, with what it made of it.
+async fn record_report(
+    tx: &mut PgConnection,
+    report: &TradeReported,
+    trade_state: &str,
+    outcome: &str,
+) -> Result<(), sqlx::Error> {
     let source = match report.source {
         TradeSource::Notify => "notify",
         TradeSource::Query => "query",
@@ -414,15 +596,40 @@ pub async fn settle(
     )
     .bind(&report.report_id)
     .bind(source)
-    .bind(&trade.out_trade_no)
+    .bind(&report.trade.out_trade_no)
     .bind(&report.event_type)
-    .bind(trade.trade_state.as_str())
-    .bind(settlement.outcome())
+    .bind(trade_state)
+    .bind(outcome)
     .bind(&report.raw)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(settlement)
+    .execute(tx)
+    .await
+    .map(drop)
+}
+
+/// A report WeChat does not stand behind (its signature does not verify, or WeChat has no such
+/// trade): recorded with an alert, never settled.
+pub async fn record_unconfirmed(pool: &PgPool, report: &TradeReported, why: &str) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let order_no: Option<String> = sqlx::query_scalar("SELECT order_no FROM payments WHERE pay_no = $1")
+        .bind(&report.trade.out_trade_no)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let detail = format!("unconfirmed_report: {why}");
+    alert(&mut tx, "unconfirmed_report", order_no.as_deref(), Some(&report.trade.out_trade_no), &detail).await?;
+    record_report(&mut tx, report, "UNCONFIRMED", "alert").await?;
+    tx.commit().await
+}
+
+/// The sign type a v2 notify must be verified with: its payment's (None for v3, or a payment
+/// created before sign types were kept, or one we do not know: the configured type then).
+pub async fn notify_sign_type(pool: &PgPool, notify: &SignedNotify) -> Result<Option<SignType>, sqlx::Error> {
+    let Some(out_trade_no) = notify.v2_out_trade_no() else { return Ok(None) };
+    let sign_type: Option<Option<String>> =
+        sqlx::query_scalar("SELECT sign_type FROM payments WHERE pay_no = $1 AND method = 'wechat'")
+            .bind(out_trade_no)
+            .fetch_optional(pool)
+            .await?;
+    Ok(sign_type.flatten().as_deref().and_then(SignType::parse))
 }
 
 async fn alert(

@@ -9,13 +9,76 @@ pub mod v3;
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::channel::{ChannelError, PayChannel, Prepaid, PrepayOrder, Trade};
 use crate::config::{ConfigError, WechatApiVersion, WechatSettings};
+use v2::sign::SignType;
 use v3::crypto::{PlatformKeys, SignedHeaders, VerifyError};
 
+/// A notify as WeChat signed it. The ingress verifies it on arrival; the notify-worker verifies
+/// it again before settling, because a message on the queue proves nothing by itself (anyone
+/// who may publish there could have written it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "api", rename_all = "lowercase")]
+pub enum SignedNotify {
+    /// The `Wechatpay-*` headers and the JSON body they sign.
+    V3 { headers: SignedHeaders, body: String },
+    /// The XML body; its `sign` covers its fields.
+    V2 { body: String },
+}
+
+impl SignedNotify {
+    /// A notify as received over HTTP: XML is v2, anything else v3. WeChat's bodies are UTF-8.
+    pub fn received(headers: SignedHeaders, body: &[u8]) -> Result<SignedNotify, VerifyError> {
+        let text = std::str::from_utf8(body).map_err(|_| VerifyError::BadSignature)?.to_owned();
+        Ok(if text.trim_start().starts_with('<') {
+            SignedNotify::V2 { body: text }
+        } else {
+            SignedNotify::V3 { headers, body: text }
+        })
+    }
+
+    pub fn api_version(&self) -> WechatApiVersion {
+        match self {
+            SignedNotify::V3 { .. } => WechatApiVersion::V3,
+            SignedNotify::V2 { .. } => WechatApiVersion::V2,
+        }
+    }
+
+    /// The payment a v2 notify names, read before it is verified: its sign type is the one to
+    /// verify with.
+    pub fn v2_out_trade_no(&self) -> Option<String> {
+        match self {
+            SignedNotify::V2 { body } => v2::xml::read(body).ok()?.remove("out_trade_no").filter(|n| !n.is_empty()),
+            SignedNotify::V3 { .. } => None,
+        }
+    }
+
+    /// What makes this notify single-use: the v3 `Wechatpay-Nonce`, or a v2 notify's
+    /// `out_trade_no` and `nonce_str` (v2 has no timestamp, so the nonce alone must do).
+    pub fn replay_key(&self) -> Option<String> {
+        match self {
+            SignedNotify::V3 { headers, .. } => headers.nonce.clone().map(|n| format!("v3:{n}")),
+            SignedNotify::V2 { body } => {
+                let fields = v2::xml::read(body).ok()?;
+                Some(format!("v2:{}:{}", fields.get("out_trade_no")?, fields.get("nonce_str")?))
+            }
+        }
+    }
+}
+
 /// A notify that verified (and, for v3, decrypted).
+#[derive(Clone, Debug)]
+pub enum Notified {
+    /// A payment's trade.
+    Trade(VerifiedNotify),
+    /// Genuine, but not a payment (a `REFUND.*` event sent to the pay-notify URL).
+    Other { id: String, event_type: String },
+}
+
+/// A verified payment notify.
 #[derive(Clone, Debug)]
 pub struct VerifiedNotify {
     /// WeChat's notify id (v3), or the transaction id (v2 has none).
@@ -23,7 +86,6 @@ pub struct VerifiedNotify {
     /// `TRANSACTION.SUCCESS` (v3), or `v2.pay` for a v2 pay notify.
     pub event_type: String,
     pub trade: Trade,
-    pub api_version: WechatApiVersion,
 }
 
 /// The configured WeChat Pay channel.
@@ -144,28 +206,41 @@ impl Wechat {
         self.active
     }
 
-    /// Verifies a notify: XML bodies as v2, JSON as v3.
-    pub fn verify_notify(&self, headers: &SignedHeaders, body: &[u8]) -> Result<VerifiedNotify, VerifyError> {
-        let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
-        if first == Some(b'<') {
-            let client = self.v2.as_ref().ok_or(VerifyError::BadSignature)?;
-            let text = std::str::from_utf8(body).map_err(|_| VerifyError::BadSignature)?;
-            let notify = client.verify_notify(text).map_err(|_| VerifyError::BadSignature)?;
-            Ok(VerifiedNotify {
-                id: notify.id,
-                event_type: "v2.pay".into(),
-                trade: notify.trade,
-                api_version: WechatApiVersion::V2,
-            })
-        } else {
-            let client = self.v3.as_ref().ok_or(VerifyError::BadSignature)?;
-            let notify = client.verify_notify(headers, body)?;
-            Ok(VerifiedNotify {
-                id: notify.id,
-                event_type: notify.event_type,
-                trade: notify.trade,
-                api_version: WechatApiVersion::V3,
-            })
+    /// Verifies a notify. `arrival` is now, on arrival, for v3's five-minute window; None
+    /// checks the signature alone (a notify verified on arrival, checked again after waiting in
+    /// a queue). A v2 notify verifies only with `v2_sign_type`, its payment's (the configured
+    /// one for a payment this fleet does not know).
+    pub fn verify_notify(
+        &self,
+        signed: &SignedNotify,
+        arrival: Option<i64>,
+        v2_sign_type: Option<SignType>,
+    ) -> Result<Notified, VerifyError> {
+        match signed {
+            SignedNotify::V2 { body } => {
+                let client = self.v2.as_ref().ok_or(VerifyError::BadSignature)?;
+                let notify = client
+                    .verify_notify(body, v2_sign_type.unwrap_or(client.sign_type()))
+                    .map_err(|_| VerifyError::BadSignature)?;
+                Ok(Notified::Trade(VerifiedNotify { id: notify.id, event_type: "v2.pay".into(), trade: notify.trade }))
+            }
+            SignedNotify::V3 { headers, body } => {
+                let client = self.v3.as_ref().ok_or(VerifyError::BadSignature)?;
+                Ok(match client.verify_notify(headers, body.as_bytes(), arrival)? {
+                    v3::client::VerifiedNotify::Transaction { id, event_type, trade } => {
+                        Notified::Trade(VerifiedNotify { id, event_type, trade })
+                    }
+                    v3::client::VerifiedNotify::Other { id, event_type, .. } => Notified::Other { id, event_type },
+                })
+            }
+        }
+    }
+
+    /// The sign type v2 payments are created with now (None when v2 is not the active API).
+    pub fn v2_sign_type(&self) -> Option<SignType> {
+        match self.active() {
+            Active::V2(c) => Some(c.sign_type()),
+            Active::V3(_) => None,
         }
     }
 }

@@ -1,37 +1,92 @@
-//! The notify-worker: consumes `wechat.notify` (verified WeChat notifies, and the answers of our
-//! own queries) and settles WeChat payments from them, each in one transaction; duplicates and
-//! concurrent reports of one trade change the state once.
+//! The notify-worker: consumes `wechat.notify` (WeChat's notifies, verified at the ingress, and
+//! the answers of our own queries), confirms each with WeChat (the notify's signature verified
+//! again, or a query), and settles WeChat payments from what WeChat confirmed, each in one
+//! transaction; duplicates and concurrent reports of one trade change the state once.
 
 use std::sync::Arc;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::pay::db_error;
+use super::pay::{channel_error, db_error};
 use crate::cache::Cache;
+use crate::channel::{ChannelError, PayChannel, Trade};
 use crate::config::Settings;
 use crate::mq::consumer::{self, HandleError, Handler, Incoming, Outcome};
 use crate::mq::messages::TradeReported;
 use crate::mq::topology::{Topology, WECHAT_NOTIFY};
 use crate::store;
 use crate::store::wechat::Settlement;
+use crate::wechat::{Notified, Wechat};
 
 pub struct NotifyHandler {
     db: PgPool,
+    /// Verifies notifies again and queries trades; None when WeChat Pay is not configured (then
+    /// nothing can be confirmed, and nothing settles).
+    wechat: Option<Arc<Wechat>>,
     /// Only trades of this appid and mchid settle anything.
     appid: String,
     mchid: String,
 }
 
+/// What WeChat stands behind, of a report.
+enum Confirmed {
+    /// The trade as WeChat signed or answered it.
+    Trade(Trade),
+    /// WeChat does not stand behind it (why).
+    Not(String),
+}
+
 impl NotifyHandler {
-    pub fn new(db: PgPool, appid: String, mchid: String) -> NotifyHandler {
-        NotifyHandler { db, appid, mchid }
+    pub fn new(db: PgPool, wechat: Option<Arc<Wechat>>, appid: String, mchid: String) -> NotifyHandler {
+        NotifyHandler { db, wechat, appid, mchid }
+    }
+
+    /// The trade WeChat stands behind: a notify's signature verified again (a message on the
+    /// queue could have been published by anyone allowed to publish there), or, for a report
+    /// without one (our own queries, and notifies queued before notifies carried their
+    /// signature), WeChat's answer to a query of our own.
+    async fn confirm(&self, report: &TradeReported) -> Result<Confirmed, HandleError> {
+        let Some(wechat) = &self.wechat else {
+            return Err(HandleError::Permanent(
+                "WeChat Pay is not configured on this notify-worker: the report cannot be confirmed".into(),
+            ));
+        };
+        let Some(signed) = &report.signed else {
+            return match wechat.query(&report.trade.out_trade_no).await {
+                Ok(trade) => Ok(Confirmed::Trade(trade)),
+                Err(ChannelError::NotFound) => Ok(Confirmed::Not("WeChat has no such trade".into())),
+                // WeChat away: hold the report and ask again, rather than spend its retries.
+                Err(ChannelError::Transient(e)) => Err(HandleError::Unavailable(format!("WeChat: {e}"))),
+                Err(e) => Err(channel_error(&e)),
+            };
+        };
+        let sign_type = store::wechat::notify_sign_type(&self.db, signed).await.map_err(|e| db_error(&e))?;
+        // No time window: the notify passed it on arrival and may have waited in the queue since.
+        match wechat.verify_notify(signed, None, sign_type) {
+            Ok(Notified::Trade(verified)) => Ok(Confirmed::Trade(verified.trade)),
+            Ok(Notified::Other { event_type, .. }) => {
+                Ok(Confirmed::Not(format!("a {event_type} notify is no payment")))
+            }
+            Err(e) => Ok(Confirmed::Not(format!("the notify does not verify: {e}"))),
+        }
     }
 
     async fn settle(&self, report: &TradeReported) -> Result<Outcome, HandleError> {
+        let claimed = &report.trade.out_trade_no;
+        let trade = match self.confirm(report).await? {
+            Confirmed::Trade(trade) if trade.out_trade_no == *claimed => trade,
+            Confirmed::Trade(trade) => {
+                let why = format!("the report claims {claimed}, WeChat's trade is {}", trade.out_trade_no);
+                return self.unconfirmed(report, &why).await;
+            }
+            Confirmed::Not(why) => return self.unconfirmed(report, &why).await,
+        };
+        // Settled on what WeChat said, whatever the message claimed besides.
+        let report = TradeReported { trade, ..report.clone() };
         let trade = &report.trade;
         let settlement =
-            store::wechat::settle(&self.db, report, &self.appid, &self.mchid).await.map_err(|e| db_error(&e))?;
+            store::wechat::settle(&self.db, &report, &self.appid, &self.mchid).await.map_err(|e| db_error(&e))?;
         let (no, state) = (&trade.out_trade_no, trade.trade_state.as_str());
         match &settlement {
             Settlement::Settled => {
@@ -50,6 +105,14 @@ impl NotifyHandler {
                 tracing::error!(out_trade_no = %no, %detail, "ALERT: WeChat report not settled")
             }
         }
+        Ok(Outcome::default())
+    }
+
+    /// Records a report WeChat does not stand behind, with an alert; it is done with (acked):
+    /// handling it again would not make it true.
+    async fn unconfirmed(&self, report: &TradeReported, why: &str) -> Result<Outcome, HandleError> {
+        store::wechat::record_unconfirmed(&self.db, report, why).await.map_err(|e| db_error(&e))?;
+        tracing::error!(out_trade_no = %report.trade.out_trade_no, report_id = %report.report_id, why, "ALERT: a WeChat report WeChat does not stand behind; not settled");
         Ok(Outcome::default())
     }
 }
@@ -76,7 +139,12 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
         return Ok(());
     }
     let sidecars = super::Sidecars::start(&settings, &settings.notify_worker, &db, &cache, &stop)?;
-    let handler = Arc::new(NotifyHandler::new(db, settings.wechat.appid.clone(), settings.wechat.mchid.clone()));
+    let wechat = Wechat::from_settings_optional(&settings.wechat)?.map(Arc::new);
+    if wechat.is_none() {
+        tracing::warn!("WeChat Pay is not configured: reports cannot be confirmed and go to the dead-letter queue");
+    }
+    let handler =
+        Arc::new(NotifyHandler::new(db, wechat, settings.wechat.appid.clone(), settings.wechat.mchid.clone()));
     let consumer_settings = super::consumer_settings(WECHAT_NOTIFY, "payfleet-notify-worker", &settings.notify_worker);
     consumer::run(
         &settings.broker,

@@ -25,7 +25,7 @@ use crate::mq::messages::{AssetPayRequested, PayReplied, PayRequested, PrepaidRe
 use crate::mq::topology::{PAY_REQUESTS, PAY_TIMEOUT, Topology};
 use crate::password::PasswordHasher;
 use crate::store::payments::{Applied, AssetPayment};
-use crate::store::wechat::Begun;
+use crate::store::wechat::{Begun, ChannelVersion, Recorded};
 use crate::store::{self, is_conflict, is_unavailable};
 use crate::wechat::Wechat;
 
@@ -380,9 +380,12 @@ impl PayHandler {
                 format!("amount must be above zero and at most {}", self.pay.max_amount),
             ));
         }
-        let version = match wechat.api_version() {
-            crate::config::WechatApiVersion::V2 => "v2",
-            crate::config::WechatApiVersion::V3 => "v3",
+        let version = ChannelVersion {
+            api_version: match wechat.api_version() {
+                crate::config::WechatApiVersion::V2 => "v2",
+                crate::config::WechatApiVersion::V3 => "v3",
+            },
+            sign_type: wechat.v2_sign_type(),
         };
         let begun = match store::wechat::begin(&self.db, r, version, self.prepay_valid).await {
             Ok(begun) => begun,
@@ -411,29 +414,27 @@ impl PayHandler {
         };
         match wechat.prepay(&order).await {
             Ok(prepaid) => match store::wechat::record_prepaid(&self.db, &pay_no, &prepaid).await {
-                Ok(()) => reply(pay_no, &prepaid),
+                Ok(Recorded::Kept) => reply(pay_no, &prepaid),
+                Ok(Recorded::Refused(refusal)) => {
+                    // The order stopped waiting for this payment while WeChat answered (its pay
+                    // time ran out): no pay params leave for it, and the trade is closed.
+                    close_unwanted(wechat, &self.db, &pay_no).await;
+                    refused(refusal)
+                }
                 Err(e) => Err(db_error(&e)),
             },
             Err(ChannelError::AlreadyPaid) => {
                 // Paid at WeChat already (a notify may be on its way): settle from a query.
-                match wechat.query(&pay_no).await {
-                    Ok(trade) => {
-                        if let Err(e) = store::wechat::report_trade(&self.db, &trade).await {
-                            return Err(db_error(&e));
-                        }
-                        refused(Refusal::new(
-                            Code::OrderPaid,
-                            "already paid at WeChat; the order shows as paid in a moment",
-                        ))
-                    }
-                    Err(e) => Err(channel_error(&e)),
-                }
+                report_from_wechat(wechat, &self.db, &pay_no).await?;
+                refused(Refusal::new(Code::OrderPaid, "already paid at WeChat; the order shows as paid in a moment"))
             }
             Err(ChannelError::Closed) => {
-                if let Err(e) = store::wechat::expire(&self.db, &r.order_no).await {
-                    return Err(db_error(&e));
-                }
-                refused(Refusal::new(Code::OrderClosed, "the WeChat order is closed; place a new order"))
+                // Closed at WeChat: recorded from a query, the order is payable another way.
+                report_from_wechat(wechat, &self.db, &pay_no).await?;
+                refused(Refusal::new(
+                    Code::OrderClosed,
+                    "the WeChat order is closed; pay another way or place a new order",
+                ))
             }
             Err(e) => Err(channel_error(&e)),
         }
@@ -459,6 +460,32 @@ impl PayHandler {
         let ttl = std::time::Duration::from_secs(self.pay.order_ttl_secs);
         if let Err(e) = self.cache.remember_refusals(&refusals, ttl).await {
             tracing::warn!(error = %e, "could not keep refusals for the status endpoint");
+        }
+    }
+}
+
+/// Queries WeChat for a trade and queues the answer for the notify-worker (which settles, or
+/// records a failure or an alert, from it).
+pub(crate) async fn report_from_wechat(wechat: &Wechat, db: &PgPool, pay_no: &str) -> Result<(), HandleError> {
+    let trade = wechat.query(pay_no).await.map_err(|e| channel_error(&e))?;
+    store::wechat::report_trade(db, &trade).await.map_err(|e| db_error(&e))
+}
+
+/// Closes a trade no order waits for any more. Best effort: nobody holds pay params for it (they
+/// were never handed out), and WeChat closes it by itself at the order's pay time.
+async fn close_unwanted(wechat: &Wechat, db: &PgPool, pay_no: &str) {
+    match wechat.close(pay_no).await {
+        Ok(()) | Err(ChannelError::Closed) | Err(ChannelError::NotFound) => {
+            tracing::info!(pay_no, "closed a WeChat trade its order no longer waits for");
+        }
+        // Paid after all (it cannot have been through us): the notify-worker records it.
+        Err(ChannelError::AlreadyPaid) => {
+            if let Err(e) = report_from_wechat(wechat, db, pay_no).await {
+                tracing::error!(error = %e, pay_no, "ALERT: a WeChat trade no order waits for is paid, and its report failed");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, pay_no, "could not close a WeChat trade no order waits for; it expires at WeChat")
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::domain::OrderStatus;
 use crate::mq::consumer::{HandleError, Handler, Incoming, Outcome};
 use crate::mq::messages::PayTimeoutDue;
 use crate::store;
+use crate::store::wechat::Expiry;
 use crate::wechat::Wechat;
 
 pub struct TimeoutHandler {
@@ -25,45 +26,51 @@ impl TimeoutHandler {
     }
 
     async fn check(&self, order_no: &str) -> Result<Outcome, HandleError> {
-        let view = store::wechat::timeout_view(&self.db, order_no).await.map_err(|e| db_error(&e))?;
-        let (status, due, pay_no) = match view {
-            Some(view) => view,
-            None => {
-                tracing::warn!(order_no, "expiry check for an unknown order");
-                return Ok(Outcome::default());
-            }
+        let Some(view) = store::wechat::timeout_view(&self.db, order_no).await.map_err(|e| db_error(&e))? else {
+            tracing::warn!(order_no, "expiry check for an unknown order");
+            return Ok(Outcome::default());
         };
-        if status != OrderStatus::Unpaid {
+        if !matches!(view.status, OrderStatus::Unpaid | OrderStatus::Paying) {
             return Ok(Outcome::default());
         }
-        if !due {
+        if !view.due {
             return Err(HandleError::Retryable("the order's pay time has not run out yet".into()));
         }
-        if let (Some(pay_no), Some(wechat)) = (pay_no, &self.wechat) {
-            match wechat.query(&pay_no).await {
+        let checked = view.paying_pay_no.as_deref();
+        if let (Some(pay_no), Some(wechat)) = (checked, &self.wechat) {
+            match wechat.query(pay_no).await {
                 Ok(trade) if trade.trade_state.is_paid() => {
                     // Paid after all (its notify never arrived): settle, do not close.
                     tracing::warn!(order_no, pay_no, "paid at WeChat without a notify; settling from the query");
-                    store::wechat::report_trade(&self.db, &trade).await.map_err(|e| db_error(&e))?;
-                    return Ok(Outcome::default());
+                    return self.report(&trade).await;
                 }
+                // Paid and paid back: nothing to close at WeChat; recorded (an alert), and the
+                // order closes unpaid.
+                Ok(trade) if trade.trade_state.was_paid() => self.report(&trade).await.map(drop)?,
                 // Closed at WeChat already; anything else (NOTPAY, a failed attempt) is closed now.
                 Ok(trade) if trade.trade_state.is_closed() => {}
-                Ok(_) | Err(ChannelError::NotFound) => match wechat.close(&pay_no).await {
+                Ok(_) | Err(ChannelError::NotFound) => match wechat.close(pay_no).await {
                     Ok(()) | Err(ChannelError::Closed) | Err(ChannelError::NotFound) => {}
                     Err(ChannelError::AlreadyPaid) => {
-                        let trade = wechat.query(&pay_no).await.map_err(|e| retry_later(&e))?;
-                        store::wechat::report_trade(&self.db, &trade).await.map_err(|e| db_error(&e))?;
-                        return Ok(Outcome::default());
+                        let trade = wechat.query(pay_no).await.map_err(|e| retry_later(&e))?;
+                        return self.report(&trade).await;
                     }
                     Err(e) => return Err(retry_later(&e)),
                 },
                 Err(e) => return Err(retry_later(&e)),
             }
         }
-        if store::wechat::expire(&self.db, order_no).await.map_err(|e| db_error(&e))? {
-            tracing::info!(order_no, "pay time ran out: order closed");
+        match store::wechat::expire(&self.db, order_no, checked).await.map_err(|e| db_error(&e))? {
+            Expiry::Closed => tracing::info!(order_no, "pay time ran out: order closed"),
+            Expiry::Unchanged => {}
+            // A WeChat payment began after the view was read: check that one at WeChat first.
+            Expiry::Unchecked => return Err(HandleError::Retryable("a WeChat payment began meanwhile".into())),
         }
+        Ok(Outcome::default())
+    }
+
+    async fn report(&self, trade: &crate::channel::Trade) -> Result<Outcome, HandleError> {
+        store::wechat::report_trade(&self.db, trade).await.map_err(|e| db_error(&e))?;
         Ok(Outcome::default())
     }
 }

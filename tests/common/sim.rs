@@ -41,6 +41,13 @@ impl SimControl {
         r["merchant_status"].as_u64().unwrap_or_else(|| panic!("forge failed: {r}")) as u16
     }
 
+    /// The merchant refunds the whole order in WeChat's merchant platform; WeChat sends its
+    /// REFUND.SUCCESS notify to `notify_url`.
+    pub async fn refund(&self, out_trade_no: &str, notify_url: &str) -> reqwest::Response {
+        let body = json!({ "out_trade_no": out_trade_no, "notify_url": notify_url });
+        self.http.post(format!("{}/sim/refund", self.url)).json(&body).send().await.unwrap()
+    }
+
     pub async fn order(&self, out_trade_no: &str) -> Option<Value> {
         let r = self.http.get(format!("{}/sim/orders/{out_trade_no}", self.url)).send().await.unwrap();
         if r.status() == 200 { Some(r.json().await.unwrap()) } else { None }

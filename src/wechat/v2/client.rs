@@ -106,20 +106,19 @@ impl Client {
         Ok(answer)
     }
 
-    /// Verifies a v2 pay notify (XML). The sign type is the notify's own `sign_type`, or, as
-    /// WeChat often omits it (for HMAC-SHA256 orders too), the one the sign's length says: 32
-    /// hex digits MD5, 64 HMAC-SHA256 — so orders created before a switch of sign type verify.
-    pub fn verify_notify(&self, body: &str) -> Result<VerifiedNotify, String> {
+    /// Verifies a v2 pay notify (XML) with `sign_type`: the one its payment was created with,
+    /// which WeChat signs the notify with (usually without naming it). Nothing the notify says
+    /// chooses the type, so an MD5 sign is no way around an HMAC-SHA256 order: a notify naming
+    /// another `sign_type`, or signed with one, is refused.
+    pub fn verify_notify(&self, body: &str, sign_type: SignType) -> Result<VerifiedNotify, String> {
         let fields = xml::read(body).map_err(|e| e.to_string())?;
-        let by_length = match fields.get("sign").map(String::len) {
-            Some(32) => Some(SignType::Md5),
-            Some(64) => Some(SignType::HmacSha256),
-            _ => None,
-        };
-        let sign_type =
-            fields.get("sign_type").and_then(|t| SignType::parse(t)).or(by_length).unwrap_or(self.sign_type);
+        if let Some(named) = fields.get("sign_type").filter(|t| !t.is_empty())
+            && SignType::parse(named) != Some(sign_type)
+        {
+            return Err(format!("sign_type {named} is not the payment's {}", sign_type.as_str()));
+        }
         if !verify(&fields, self.key.expose_secret(), sign_type) {
-            return Err("sign does not verify".into());
+            return Err(format!("sign does not verify as {}", sign_type.as_str()));
         }
         if fields.get("return_code").map(String::as_str) != Some("SUCCESS") {
             return Err(format!("return_code {:?}", fields.get("return_code")));
@@ -127,6 +126,11 @@ impl Client {
         let trade = to_trade(&fields)?;
         let id = trade.transaction_id.clone().unwrap_or_else(|| format!("v2:{}", trade.out_trade_no));
         Ok(VerifiedNotify { id, trade })
+    }
+
+    /// The sign type of requests (and of the payments created with them).
+    pub fn sign_type(&self) -> SignType {
+        self.sign_type
     }
 }
 
@@ -272,9 +276,8 @@ mod tests {
     }
 
     #[test]
-    fn a_notify_without_sign_type_verifies_by_its_signs_length() {
+    fn a_notify_verifies_only_with_its_payments_sign_type() {
         let key = "0123456789abcdef0123456789abcdef";
-        // Configured for HMAC-SHA256, receiving a notify of an order created with MD5.
         let client = Client {
             http: reqwest::Client::new(),
             base: String::new(),
@@ -284,7 +287,7 @@ mod tests {
             key: SecretString::from(key.to_owned()),
             sign_type: SignType::HmacSha256,
         };
-        let mut f: BTreeMap<String, String> = [
+        let f: BTreeMap<String, String> = [
             ("return_code", "SUCCESS"),
             ("result_code", "SUCCESS"),
             ("appid", "wx1"),
@@ -295,13 +298,26 @@ mod tests {
         ]
         .map(|(k, v)| (k.into(), v.into()))
         .into();
-        for sign_type in [SignType::Md5, SignType::HmacSha256] {
+        let signed = |f: &BTreeMap<String, String>, sign_type| {
+            let mut f = f.clone();
             f.insert("sign".into(), sign(&f, key, sign_type));
-            let notify = client.verify_notify(&xml::write(&f)).unwrap();
+            xml::write(&f)
+        };
+        for sign_type in [SignType::Md5, SignType::HmacSha256] {
+            let notify = client.verify_notify(&signed(&f, sign_type), sign_type).unwrap();
             assert_eq!((notify.id.as_str(), notify.trade.total_fen), ("4200", Some(1000)));
         }
-        f.insert("sign".into(), sign(&f, "another key, another key, anothe", SignType::Md5));
-        assert!(client.verify_notify(&xml::write(&f)).is_err());
+        // A payment created with HMAC-SHA256 takes no MD5 notify, and the other way round,
+        // however the notify names its type.
+        assert!(client.verify_notify(&signed(&f, SignType::Md5), SignType::HmacSha256).is_err());
+        assert!(client.verify_notify(&signed(&f, SignType::HmacSha256), SignType::Md5).is_err());
+        let mut named = f.clone();
+        named.insert("sign_type".into(), "MD5".into());
+        assert!(client.verify_notify(&signed(&named, SignType::Md5), SignType::HmacSha256).is_err());
+        assert!(client.verify_notify(&signed(&named, SignType::Md5), SignType::Md5).is_ok());
+        let mut other_key = f.clone();
+        other_key.insert("sign".into(), sign(&f, "another key, another key, anothe", SignType::HmacSha256));
+        assert!(client.verify_notify(&xml::write(&other_key), SignType::HmacSha256).is_err());
     }
 
     #[test]

@@ -32,15 +32,20 @@ pub struct Client {
     pub(crate) public_key_id: Option<String>,
 }
 
-/// A verified, decrypted v3 notify.
+/// A verified v3 notify: a payment's trade, decrypted, or a genuine event of another kind.
 #[derive(Clone, Debug)]
-pub struct VerifiedNotify {
-    pub id: String,
-    pub event_type: String,
-    pub trade: Trade,
+pub enum VerifiedNotify {
+    /// `TRANSACTION.SUCCESS` with a `transaction` resource.
+    Transaction { id: String, event_type: String, trade: Trade },
+    /// Signed by WeChat, but not a payment (a `REFUND.*` event sent to the pay-notify URL):
+    /// nothing here settles from it.
+    Other { id: String, event_type: String, original_type: String },
 }
 
-fn now() -> i64 {
+/// The only event a pay notify settles from: WeChat notifies successful payments only.
+pub const TRANSACTION_SUCCESS: &str = "TRANSACTION.SUCCESS";
+
+pub(crate) fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
@@ -94,11 +99,28 @@ impl Client {
         Err(map_error(status.as_u16(), error))
     }
 
-    /// Verifies and decrypts a v3 notify.
-    pub fn verify_notify(&self, headers: &SignedHeaders, body: &[u8]) -> Result<VerifiedNotify, VerifyError> {
-        self.platform.verify(headers, body, now())?;
+    /// Verifies a v3 notify and decrypts a payment's resource. `now` checks the timestamp
+    /// window (on arrival); None checks the signature alone (a notify verified on arrival and
+    /// checked again after waiting in a queue).
+    pub fn verify_notify(
+        &self,
+        headers: &SignedHeaders,
+        body: &[u8],
+        now: Option<i64>,
+    ) -> Result<VerifiedNotify, VerifyError> {
+        match now {
+            Some(now) => self.platform.verify(headers, body, now)?,
+            None => self.platform.verify_signature(headers, body)?,
+        }
         let notify: Notify =
             serde_json::from_slice(body).map_err(|e| VerifyError::Decrypt(format!("not a v3 notify body: {e}")))?;
+        if notify.event_type != TRANSACTION_SUCCESS || notify.resource.original_type != "transaction" {
+            return Ok(VerifiedNotify::Other {
+                id: notify.id,
+                event_type: notify.event_type,
+                original_type: notify.resource.original_type,
+            });
+        }
         if notify.resource.algorithm != "AEAD_AES_256_GCM" {
             return Err(VerifyError::Decrypt(format!("algorithm {}", notify.resource.algorithm)));
         }
@@ -111,7 +133,7 @@ impl Client {
         let transaction: Transaction = serde_json::from_slice(&plain)
             .map_err(|e| VerifyError::Decrypt(format!("the resource is not a transaction: {e}")))?;
         let trade = to_trade(transaction).map_err(VerifyError::Decrypt)?;
-        Ok(VerifiedNotify { id: notify.id, event_type: notify.event_type, trade })
+        Ok(VerifiedNotify::Transaction { id: notify.id, event_type: notify.event_type, trade })
     }
 }
 

@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use rsa::{PrivateKey, PublicKey};
 
-use super::sign::{MAX_SKEW_SECS, SIGNATURE_PROBE_PREFIX, response_message, verify};
+use super::sign::{SIGNATURE_PROBE_PREFIX, response_message, verify, within_window};
 
 /// What is wrong with something WeChat (or someone pretending to be) sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,7 +81,7 @@ pub fn public_key_to_pem(key: &PublicKey) -> String {
 }
 
 /// The `Wechatpay-*` headers of a response or notify.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SignedHeaders {
     pub timestamp: Option<String>,
     pub nonce: Option<String>,
@@ -109,15 +109,22 @@ impl PlatformKeys {
     /// not a signature probe, the key named by the serial, the signature over the raw body.
     pub fn verify(&self, headers: &SignedHeaders, body: &[u8], now: i64) -> Result<(), VerifyError> {
         let timestamp = headers.timestamp.as_deref().ok_or(VerifyError::MissingHeader("Wechatpay-Timestamp"))?;
+        let ts: i64 = timestamp.parse().map_err(|_| VerifyError::Stale(timestamp.to_owned()))?;
+        if !within_window(now, ts) {
+            return Err(VerifyError::Stale(timestamp.to_owned()));
+        }
+        self.verify_signature(headers, body)
+    }
+
+    /// The signature alone, whatever the timestamp's age: for a notify that was verified with
+    /// its window when it arrived and is checked again later, after waiting in a queue.
+    pub fn verify_signature(&self, headers: &SignedHeaders, body: &[u8]) -> Result<(), VerifyError> {
+        let timestamp = headers.timestamp.as_deref().ok_or(VerifyError::MissingHeader("Wechatpay-Timestamp"))?;
         let nonce = headers.nonce.as_deref().ok_or(VerifyError::MissingHeader("Wechatpay-Nonce"))?;
         let signature = headers.signature.as_deref().ok_or(VerifyError::MissingHeader("Wechatpay-Signature"))?;
         let serial = headers.serial.as_deref().ok_or(VerifyError::MissingHeader("Wechatpay-Serial"))?;
         if signature.starts_with(SIGNATURE_PROBE_PREFIX) {
             return Err(VerifyError::Probe);
-        }
-        let ts: i64 = timestamp.parse().map_err(|_| VerifyError::Stale(timestamp.to_owned()))?;
-        if (now - ts).abs() >= MAX_SKEW_SECS {
-            return Err(VerifyError::Stale(timestamp.to_owned()));
         }
         let key =
             self.keys.get(&serial.to_ascii_uppercase()).ok_or_else(|| VerifyError::UnknownSerial(serial.to_owned()))?;
@@ -182,6 +189,17 @@ mod tests {
         assert!(matches!(keys.verify(&other, b"{}", now), Err(VerifyError::UnknownSerial(_))));
         let bare = SignedHeaders { nonce: None, ..h };
         assert_eq!(keys.verify(&bare, b"{}", now), Err(VerifyError::MissingHeader("Wechatpay-Nonce")));
+    }
+
+    #[test]
+    fn a_timestamp_at_the_ends_of_i64_is_stale_not_wrapped_into_the_window() {
+        let mut keys = PlatformKeys::default();
+        keys.insert("PUB_KEY_ID_0114232134912410000000000000", test_key().to_public_key());
+        for (ts, now) in [(i64::MIN, 1_700_000_000), (i64::MIN + 1, 1), (i64::MAX, -1), (i64::MAX, i64::MIN)] {
+            let h = signed(b"{}", ts);
+            assert_eq!(keys.verify(&h, b"{}", now), Err(VerifyError::Stale(ts.to_string())), "ts {ts}, now {now}");
+        }
+        assert!(within_window(i64::MAX, i64::MAX) && within_window(i64::MIN, i64::MIN + 299));
     }
 
     proptest! {

@@ -23,6 +23,12 @@ pub const SIGNATURE_PROBE_PREFIX: &str = "WECHATPAY/SIGNTEST/";
 /// How far a signed timestamp may be from now (WECHAT.md §3.3: five minutes).
 pub const MAX_SKEW_SECS: i64 = 300;
 
+/// Whether a signed timestamp is within the five-minute window around `now`. The difference is
+/// checked: a timestamp near `i64::MIN` or `i64::MAX` is outside, never wrapped into it.
+pub fn within_window(now: i64, timestamp: i64) -> bool {
+    now.checked_sub(timestamp).is_some_and(|skew| skew.unsigned_abs() < MAX_SKEW_SECS as u64)
+}
+
 /// The request message: `METHOD\nURL\nTIMESTAMP\nNONCE\nBODY\n` (URL = path and query as sent).
 pub fn request_message(method: &str, url: &str, timestamp: i64, nonce: &str, body: &str) -> String {
     format!("{method}\n{url}\n{timestamp}\n{nonce}\n{body}\n")

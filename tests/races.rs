@@ -1,0 +1,212 @@
+//! The interleavings that once let an order be paid twice, or two transactions deadlock, forced
+//! with two connections: one transaction held open at the point of the race while the other
+//! starts and waits on it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestEnv, eventually, m};
+use payfleet::channel::{Prepaid, Trade, TradeState, TradeType};
+use payfleet::domain::{Code, PayMethod};
+use payfleet::mq::messages::{TradeReported, TradeSource, WechatCreateRequested};
+use payfleet::store::payments::{self, Applied, AssetPayment};
+use payfleet::store::wechat::{self, Begun, ChannelVersion, Expiry, Recorded, Settlement};
+use sqlx::PgPool;
+
+const V3: ChannelVersion = ChannelVersion { api_version: "v3", sign_type: None };
+const VALID: Duration = Duration::from_secs(7000);
+
+fn create_request(user: i64, order_no: &str) -> WechatCreateRequested {
+    WechatCreateRequested {
+        request_id: uuid::Uuid::new_v4(),
+        user_id: user,
+        order_no: order_no.to_owned(),
+        amount: m("10.00"),
+        trade_type: TradeType::Jsapi,
+        openid: Some("oPayer".into()),
+        client_ip: "127.0.0.1".into(),
+        requested_at: time::OffsetDateTime::now_utc(),
+    }
+}
+
+fn integral_payment(user: i64, order_no: &str) -> AssetPayment {
+    AssetPayment {
+        request_id: uuid::Uuid::new_v4(),
+        user_id: user,
+        order_no: order_no.to_owned(),
+        method: PayMethod::Integral,
+        amount: m("10.00"),
+        asset_amount: m("100"),
+        verified_hash: None,
+    }
+}
+
+/// Waits until `n` sessions of this test's database wait for a lock.
+async fn until_waiting_on_locks(db: &PgPool, n: i64) {
+    eventually(Duration::from_secs(10), "a transaction waits for the held lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(db)
+        .await
+        .unwrap();
+        waiting >= n
+    })
+    .await;
+}
+
+async fn order_status(db: &PgPool, order_no: &str) -> (String, Option<String>) {
+    sqlx::query_as("SELECT status, coalesce(pay_no, paying_pay_no) FROM orders WHERE order_no = $1")
+        .bind(order_no)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wechat_create_holding_the_order_keeps_an_asset_payment_started_meanwhile_out() {
+    let env = TestEnv::new().await;
+    let db = &env.admin.db;
+    let (user, _) = env.user("0", "1000", "0").await;
+    let goods = env.goods("10.00").await;
+    let order = env.orders(user, goods, 1).await.remove(0);
+
+    // The create's transaction, held open right after it began the WeChat payment.
+    let mut create = db.begin().await.unwrap();
+    let begun = wechat::begin_in(&mut create, &create_request(user, &order), V3, VALID).await.unwrap();
+    let Begun::Prepay { pay_no, .. } = begun else { panic!("{begun:?}") };
+    // The asset payment starts meanwhile and waits for the order's lock.
+    let pool = db.clone();
+    let payment = integral_payment(user, &order);
+    let asset =
+        tokio::spawn(async move { payments::apply(&pool, std::slice::from_ref(&payment)).await.unwrap().remove(0) });
+    until_waiting_on_locks(db, 1).await;
+    create.commit().await.unwrap();
+
+    match asset.await.unwrap() {
+        Applied::Refused(refusal) => assert_eq!(refusal.code, Code::OrderPaying, "{refusal:?}"),
+        other => panic!("the asset payment must not pay an order a WeChat payment holds: {other:?}"),
+    }
+    assert_eq!(env.balances(user).await.integral, m("1000"), "nothing deducted");
+    assert_eq!(order_status(db, &order).await, ("PAYING".to_owned(), Some(pay_no)));
+    env.audit_is_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asset_payment_holding_the_order_keeps_a_wechat_create_started_meanwhile_out() {
+    let env = TestEnv::new().await;
+    let db = &env.admin.db;
+    let (user, _) = env.user("0", "1000", "0").await;
+    let goods = env.goods("10.00").await;
+    let order = env.orders(user, goods, 1).await.remove(0);
+
+    // The asset payment's transaction, held open after it paid.
+    let mut asset = db.begin().await.unwrap();
+    let payment = integral_payment(user, &order);
+    let applied = payments::apply_in(&mut asset, &[&payment]).await.unwrap().remove(0);
+    let Applied::Paid(receipt) = applied else { panic!("{applied:?}") };
+    // The WeChat create starts meanwhile and waits for the order's lock.
+    let (pool, request) = (db.clone(), create_request(user, &order));
+    let create = tokio::spawn(async move { wechat::begin(&pool, &request, V3, VALID).await.unwrap() });
+    until_waiting_on_locks(db, 1).await;
+    asset.commit().await.unwrap();
+
+    match create.await.unwrap() {
+        Begun::Refused(refusal) => {
+            assert_eq!((refusal.code, refusal.pay_no.as_deref()), (Code::OrderPaid, Some(receipt.pay_no.as_str())))
+        }
+        other => panic!("no WeChat payment may begin for a paid order: {other:?}"),
+    }
+    let wechat_payments: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM payments WHERE order_no = $1 AND method = 'wechat'")
+            .bind(&order)
+            .fetch_one(db)
+            .await
+            .unwrap();
+    assert_eq!(wechat_payments, 0);
+    assert_eq!(order_status(db, &order).await, ("PAID".to_owned(), Some(receipt.pay_no)));
+    env.audit_is_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepay_for_an_order_that_stopped_waiting_for_it_is_not_kept() {
+    let env = TestEnv::new().await;
+    let db = &env.admin.db;
+    let (user, _) = env.user("0", "0", "0").await;
+    let goods = env.goods("10.00").await;
+    let order = env.orders(user, goods, 1).await.remove(0);
+    let Begun::Prepay { pay_no, .. } = wechat::begin(db, &create_request(user, &order), V3, VALID).await.unwrap()
+    else {
+        panic!("a new WeChat payment")
+    };
+    // While WeChat answers the prepay, the order's pay time runs out and the expiry closes it.
+    sqlx::query("UPDATE orders SET expires_at = now() WHERE order_no = $1").bind(&order).execute(db).await.unwrap();
+    assert_eq!(wechat::expire(db, &order, None).await.unwrap(), Expiry::Unchecked, "its payment was not checked");
+    assert_eq!(wechat::expire(db, &order, Some(&pay_no)).await.unwrap(), Expiry::Closed);
+    let prepaid = Prepaid::Jsapi { prepay_id: "wx-late".into() };
+    match wechat::record_prepaid(db, &pay_no, &prepaid).await.unwrap() {
+        Recorded::Refused(refusal) => assert_eq!(refusal.code, Code::OrderClosed, "{refusal:?}"),
+        Recorded::Kept => panic!("pay params for an order that no longer waits for the payment"),
+    }
+    let kept: Option<serde_json::Value> =
+        sqlx::query_scalar("SELECT prepaid FROM payments WHERE pay_no = $1").bind(&pay_no).fetch_one(db).await.unwrap();
+    assert_eq!(kept, None);
+}
+
+fn success_report(pay_no: &str) -> TradeReported {
+    TradeReported {
+        source: TradeSource::Notify,
+        report_id: uuid::Uuid::new_v4().to_string(),
+        event_type: "TRANSACTION.SUCCESS".into(),
+        trade: Trade {
+            appid: "wxd930ea5d5a258f4f".into(),
+            mchid: "1900000109".into(),
+            out_trade_no: pay_no.into(),
+            transaction_id: Some("4200000001".into()),
+            trade_state: TradeState::Success,
+            total_fen: Some(1000),
+            success_time: Some(time::OffsetDateTime::now_utc()),
+            payer_openid: Some("oPayer".into()),
+        },
+        raw: "{}".into(),
+        signed: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_takes_the_order_before_the_payment_so_it_never_deadlocks_with_the_expiry() {
+    let env = TestEnv::new().await;
+    let db = &env.admin.db;
+    let (user, _) = env.user("0", "0", "0").await;
+    let goods = env.goods("10.00").await;
+    let order = env.orders(user, goods, 1).await.remove(0);
+    let Begun::Prepay { pay_no, .. } = wechat::begin(db, &create_request(user, &order), V3, VALID).await.unwrap()
+    else {
+        panic!("a new WeChat payment")
+    };
+
+    // An expiry-like transaction holds the order, as every order-first locker does.
+    let mut expiry = db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM orders WHERE order_no = $1 FOR UPDATE")
+        .bind(&order)
+        .execute(&mut *expiry)
+        .await
+        .unwrap();
+    // The notify settles meanwhile: it must wait for the order without holding the payment.
+    let (pool, report) = (db.clone(), success_report(&pay_no));
+    let settle = tokio::spawn(async move { wechat::settle(&pool, &report, "wxd930ea5d5a258f4f", "1900000109").await });
+    until_waiting_on_locks(db, 1).await;
+    // So the holder takes the payment next without waiting (a deadlock would end one of them).
+    sqlx::query("SET LOCAL lock_timeout = '3s'").execute(&mut *expiry).await.unwrap();
+    sqlx::query("SELECT 1 FROM payments WHERE pay_no = $1 FOR UPDATE")
+        .bind(&pay_no)
+        .execute(&mut *expiry)
+        .await
+        .expect("the payment is free: settling did not lock it before the order");
+    expiry.commit().await.unwrap();
+
+    assert_eq!(settle.await.unwrap().expect("settled, not a deadlock victim"), Settlement::Settled);
+    assert_eq!(order_status(db, &order).await, ("PAID".to_owned(), Some(pay_no)));
+    env.audit_is_clean().await;
+}
