@@ -7,6 +7,6 @@ use payfleet::ctl::{self, Cli};
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = payfleet::config::Settings::load()?;
-    payfleet::telemetry::init(&settings.log);
+    payfleet::telemetry::init_for(&settings);
     ctl::run(cli, settings).await
 }

@@ -5,7 +5,7 @@ use anyhow::Context;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = payfleet::config::Settings::load()?;
-    payfleet::telemetry::init(&settings.log);
+    payfleet::telemetry::init_for(&settings);
     let listen = settings.ingress.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -4,6 +4,6 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = payfleet::config::Settings::load()?;
-    payfleet::telemetry::init(&settings.log);
+    payfleet::telemetry::init_for(&settings);
     payfleet::workers::notify::run(settings, payfleet::shutdown::on_signal()).await
 }

@@ -19,8 +19,14 @@ const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Keys whose values are secrets: allowed from the environment or a file, never from a config
 /// file.
-const SECRET_KEYS: &[&str] =
-    &["auth.jwt_secret", "pay.password_pepper", "wechat.api_v3_key", "wechat.api_v2_key", "wechat.app_secret"];
+const SECRET_KEYS: &[&str] = &[
+    "auth.jwt_secret",
+    "pay.password_pepper",
+    "pay.seal_keys",
+    "wechat.api_v3_key",
+    "wechat.api_v2_key",
+    "wechat.app_secret",
+];
 
 /// Why the settings could not be loaded; every message names the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +51,44 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub auth: AuthSettings,
     pub pay: PaySettings,
+    pub rate_limit: RateLimitSettings,
     pub pay_worker: WorkerSettings,
     pub notify_worker: WorkerSettings,
     pub outbox: OutboxSettings,
     pub wechat: WechatSettings,
     pub log: LogSettings,
+    /// The development secrets file some secrets came from (`DEV_SECRETS_FILE`), if any: said
+    /// at start, so nobody mistakes a development fleet for a configured one.
+    #[serde(skip)]
+    pub dev_secrets_from: Option<PathBuf>,
+}
+
+/// Where `payctl demo` keeps the development secrets it made up, so that `payctl` and the
+/// binaries run beside the demo use the same ones. Read only when `PAYFLEET_ENV` is unset or
+/// `development`, and only for secrets the environment does not give.
+pub const DEV_SECRETS_FILE: &str = "target/payfleet-dev.env";
+
+/// The secrets a fleet needs that development can make up: the JWT secret, the pepper and the
+/// seal keys.
+pub const DEV_SECRET_VARS: [&str; 3] =
+    ["PAYFLEET__AUTH__JWT_SECRET", "PAYFLEET__PAY__PASSWORD_PEPPER", "PAYFLEET__PAY__SEAL_KEYS"];
+
+/// Whether the profile is a development one (no `PAYFLEET_ENV`, or `development`).
+pub fn is_development(profile: Option<&str>) -> bool {
+    matches!(profile, None | Some("development"))
+}
+
+/// The `KEY=value` lines of the development secrets file, if it exists.
+pub fn read_dev_secrets(path: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .filter(|(k, _)| DEV_SECRET_VARS.contains(k))
+                .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -113,12 +152,17 @@ pub struct AuthSettings {
 pub struct PaySettings {
     password_pepper: Option<SecretString>,
     password_pepper_file: Option<PathBuf>,
+    seal_keys: Option<SecretString>,
+    seal_keys_file: Option<PathBuf>,
     /// bcrypt work factor for pay passwords (4..=31).
     pub bcrypt_cost: u32,
     /// Wrong pay passwords allowed before the account's balance pay locks.
     pub password_max_attempts: u32,
     /// How long a lock (and the count of wrong tries) lasts.
     pub password_lock_secs: u64,
+    /// Pay-password checks (right ones too) one user may cause per minute: each is ~75 ms of
+    /// CPU at bcrypt cost 10.
+    pub password_checks_per_minute: u32,
     /// The largest single payment accepted.
     pub max_amount: Money,
     /// Integral points per yuan.
@@ -132,6 +176,34 @@ pub struct PaySettings {
     pub sms_code_ttl_secs: u64,
     /// Wrong SMS codes allowed before the code is burnt.
     pub sms_code_max_attempts: u32,
+}
+
+/// Requests per window the ingress serves one user and one client address, per kind of
+/// request; counted in Redis, so every ingress copy shares them. 0 turns a limit off.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub window_secs: u64,
+    /// Take the client address from `X-Forwarded-For` (its first entry): only behind a proxy
+    /// that sets it, or a client could name any address.
+    pub trust_forwarded_for: bool,
+    /// Balance, integral and money2 pay.
+    pub pay: RateLimit,
+    /// WeChat create and retry.
+    pub create: RateLimit,
+    /// Creating orders.
+    pub orders: RateLimit,
+    /// Reading a payment's status.
+    pub status: RateLimit,
+    /// Setting the pay password with an SMS code.
+    pub sms_code: RateLimit,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_user: u32,
+    pub per_ip: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -220,13 +292,26 @@ impl Settings {
     }
 
     /// `load()` with some variables set on top of the process environment (the demo and the
-    /// benchmark give their fleet throwaway secrets and namespaces this way).
+    /// benchmark give their fleet secrets and namespaces this way). In development, a secret
+    /// neither gives is taken from `DEV_SECRETS_FILE` if it has it.
     pub fn load_with(overrides: &[(String, String)]) -> Result<Settings, ConfigError> {
         let dir = std::env::var_os("PAYFLEET_CONFIG_DIR").map_or_else(|| PathBuf::from("config"), PathBuf::from);
         let profile = std::env::var("PAYFLEET_ENV").ok().filter(|p| !p.is_empty());
         let mut env: std::collections::HashMap<String, String> = std::env::vars().collect();
         env.extend(overrides.iter().cloned());
-        Settings::load_from(&dir, profile.as_deref(), Some(env))
+        let mut from_dev_file = false;
+        if is_development(profile.as_deref()) {
+            for (key, value) in read_dev_secrets(Path::new(DEV_SECRETS_FILE)) {
+                let given = |k: &str| env.get(k).is_some_and(|v| !v.is_empty());
+                if !given(&key) && !given(&format!("{key}_FILE")) {
+                    env.insert(key, value);
+                    from_dev_file = true;
+                }
+            }
+        }
+        let mut settings = Settings::load_from(&dir, profile.as_deref(), Some(env))?;
+        settings.dev_secrets_from = from_dev_file.then(|| PathBuf::from(DEV_SECRETS_FILE));
+        Ok(settings)
     }
 
     /// `load()` with explicit inputs; `env` replaces the process environment (for tests).
@@ -280,6 +365,12 @@ impl Settings {
         }
         if self.pay.password_max_attempts == 0 {
             return bad("pay.password_max_attempts", "must be at least 1");
+        }
+        if self.pay.password_checks_per_minute == 0 {
+            return bad("pay.password_checks_per_minute", "must be at least 1");
+        }
+        if self.rate_limit.window_secs == 0 {
+            return bad("rate_limit.window_secs", "must be at least 1");
         }
         for (key, worker) in [("pay_worker", &self.pay_worker), ("notify_worker", &self.notify_worker)] {
             if worker.prefetch == 0 || worker.concurrency == 0 || worker.batch_max == 0 {
@@ -341,6 +432,74 @@ impl PaySettings {
 
     pub fn password_lock(&self) -> Duration {
         Duration::from_secs(self.password_lock_secs)
+    }
+
+    /// The keys pay passwords are sealed with for their trip through the broker: `id:base64`
+    /// pairs, comma-separated; the first seals, every one opens (so a key can be rotated while
+    /// messages sealed with the one before still wait in a queue).
+    pub fn seal_keys(&self) -> Result<SealKeys, ConfigError> {
+        let text = resolve_secret("pay.seal_keys", self.seal_keys.as_ref(), self.seal_keys_file.as_deref(), 1)?;
+        SealKeys::parse(text.expose_secret())
+            .map_err(|reason| ConfigError::Secret { key: "pay.seal_keys".into(), reason })
+    }
+}
+
+/// AES-256 keys for sealing pay passwords, by key id; the first is the one that seals.
+#[derive(Clone)]
+pub struct SealKeys {
+    keys: Vec<(String, [u8; 32])>,
+}
+
+impl SealKeys {
+    /// `id:base64key[,id:base64key…]`: ids of 1 to 16 letters, digits, '_' or '-', keys of 32
+    /// bytes.
+    pub fn parse(text: &str) -> Result<SealKeys, String> {
+        use base64::Engine;
+        let mut keys = Vec::new();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (id, key) = entry.split_once(':').ok_or("each key is `id:base64`")?;
+            if id.is_empty()
+                || id.len() > 16
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(format!("key id {id:?} must be 1 to 16 letters, digits, '_' or '-'"));
+            }
+            let bytes =
+                base64::engine::general_purpose::STANDARD.decode(key).map_err(|_| format!("key {id} is not base64"))?;
+            let key: [u8; 32] = bytes.try_into().map_err(|_| format!("key {id} must be 32 bytes"))?;
+            if keys.iter().any(|(other, _)| other == id) {
+                return Err(format!("key id {id} appears twice"));
+            }
+            keys.push((id.to_owned(), key));
+        }
+        if keys.is_empty() {
+            return Err("at least one key".into());
+        }
+        Ok(SealKeys { keys })
+    }
+
+    /// A fresh list of one random key (`id:base64`), for development and tests.
+    pub fn generate(id: &str) -> String {
+        use base64::Engine;
+        let key: [u8; 32] = rand::random();
+        format!("{id}:{}", base64::engine::general_purpose::STANDARD.encode(key))
+    }
+
+    /// The key that seals, and its id.
+    pub fn current(&self) -> (&str, &[u8; 32]) {
+        let (id, key) = &self.keys[0];
+        (id, key)
+    }
+
+    pub fn get(&self, id: &str) -> Option<&[u8; 32]> {
+        self.keys.iter().find(|(k, _)| k == id).map(|(_, key)| key)
+    }
+}
+
+impl std::fmt::Debug for SealKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self.keys.iter().map(|(id, _)| id.as_str()).collect();
+        f.debug_struct("SealKeys").field("ids", &ids).finish_non_exhaustive()
     }
 }
 

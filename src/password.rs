@@ -7,12 +7,14 @@
 //! an async worker thread.
 //!
 //! Between the ingress and the pay-worker the password travels inside a queue message, which
-//! may sit in a queue or a dead-letter queue for a while. It is sealed with AES-256-GCM under a
-//! key derived from the pepper, so the broker never holds it in the clear.
+//! may sit in a queue or a dead-letter queue for a while. `Sealer` seals it with AES-256-GCM
+//! under a key of its own (`pay.seal_keys`, named by its id in the sealed text, so keys rotate
+//! while sealed messages wait), bound to the user and the pay request: the broker never holds
+//! the password in the clear, and a sealed password copied into another message does not open.
 
 use std::sync::Arc;
 
-use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -20,6 +22,9 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::config::SealKeys;
 
 /// What can go wrong with a pay password.
 #[derive(Debug, thiserror::Error)]
@@ -30,18 +35,17 @@ pub enum PasswordError {
     /// The blocking pool is gone (the runtime is shutting down).
     #[error("password hashing task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
-    /// A sealed password did not open: damaged, or sealed under another pepper.
-    #[error("sealed pay password does not open (ingress and worker peppers differ?)")]
+    /// A sealed password did not open: damaged, sealed for another user or request, or with a
+    /// key this process does not have.
+    #[error("sealed pay password does not open (another request's, or a seal key this worker lacks?)")]
     Unseal,
 }
 
-/// Hashes, verifies and seals pay passwords with the server's pepper.
+/// Hashes and verifies pay passwords with the server's pepper.
 #[derive(Clone)]
 pub struct PasswordHasher {
     pepper: SecretString,
     cost: u32,
-    /// The AES-256-GCM key for sealing, derived once from the pepper.
-    seal_key: [u8; 32],
     /// bcrypt is pure CPU: more at once than there are cores only adds blocking threads (and
     /// their memory), so hashing waits for one of these.
     cores: Arc<Semaphore>,
@@ -49,9 +53,8 @@ pub struct PasswordHasher {
 
 impl PasswordHasher {
     pub fn new(pepper: SecretString, cost: u32) -> PasswordHasher {
-        let seal_key = hmac_sha256(pepper.expose_secret().as_bytes(), b"payfleet/pay-password-seal/v1");
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        PasswordHasher { pepper, cost, seal_key, cores: Arc::new(Semaphore::new(cores)) }
+        PasswordHasher { pepper, cost, cores: Arc::new(Semaphore::new(cores)) }
     }
 
     /// The string bcrypt sees: the password combined with the pepper.
@@ -72,27 +75,54 @@ impl PasswordHasher {
         let _core = self.cores.acquire().await.expect("the semaphore is never closed");
         Ok(tokio::task::spawn_blocking(move || bcrypt::verify(input, &hash)).await??)
     }
+}
 
-    /// Encrypts a password for a queue message: base64(nonce ‖ ciphertext ‖ tag).
-    pub fn seal(&self, password: &str) -> String {
-        let cipher = Aes256Gcm::new_from_slice(&self.seal_key).expect("a 32-byte key");
-        let nonce_bytes: [u8; 12] = rand::random();
-        let nonce = Nonce::from(nonce_bytes);
-        let mut out = nonce_bytes.to_vec();
-        out.extend(cipher.encrypt(&nonce, password.as_bytes()).expect("AES-GCM encryption of a short input"));
-        BASE64.encode(out)
+/// Seals pay passwords for a queue message, and opens them at the pay-worker.
+#[derive(Clone)]
+pub struct Sealer {
+    keys: Arc<SealKeys>,
+}
+
+/// What a sealed password is bound to: the user paying and the pay request carrying it.
+fn associated_data(user_id: i64, request_id: Uuid) -> String {
+    format!("payfleet/pay-password/v2/{user_id}/{request_id}")
+}
+
+impl Sealer {
+    pub fn new(keys: SealKeys) -> Sealer {
+        Sealer { keys: Arc::new(keys) }
     }
 
-    /// Opens what `seal` produced.
-    pub fn open(&self, sealed: &str) -> Result<String, PasswordError> {
-        let bytes = BASE64.decode(sealed).map_err(|_| PasswordError::Unseal)?;
+    /// `<key id>.<base64(nonce ‖ ciphertext ‖ tag)>`, sealed with the current key and bound to
+    /// this user and request.
+    pub fn seal(&self, user_id: i64, request_id: Uuid, password: &str) -> String {
+        let (id, key) = self.keys.current();
+        let cipher = Aes256Gcm::new_from_slice(key).expect("a 32-byte key");
+        let nonce_bytes: [u8; 12] = rand::random();
+        let aad = associated_data(user_id, request_id);
+        let sealed = cipher
+            .encrypt(&Nonce::from(nonce_bytes), Payload { msg: password.as_bytes(), aad: aad.as_bytes() })
+            .expect("AES-GCM encryption of a short input");
+        let mut out = nonce_bytes.to_vec();
+        out.extend(sealed);
+        format!("{id}.{}", BASE64.encode(out))
+    }
+
+    /// Opens what `seal` produced for this user and request.
+    pub fn open(&self, user_id: i64, request_id: Uuid, sealed: &str) -> Result<String, PasswordError> {
+        let (id, text) = sealed.split_once('.').ok_or(PasswordError::Unseal)?;
+        let key = self.keys.get(id).ok_or(PasswordError::Unseal)?;
+        let bytes = BASE64.decode(text).map_err(|_| PasswordError::Unseal)?;
         if bytes.len() < 12 + 16 {
             return Err(PasswordError::Unseal);
         }
         let (nonce, ciphertext) = bytes.split_at(12);
         let nonce = Nonce::try_from(nonce).map_err(|_| PasswordError::Unseal)?;
-        let cipher = Aes256Gcm::new_from_slice(&self.seal_key).expect("a 32-byte key");
-        let plain = cipher.decrypt(&nonce, ciphertext).map_err(|_| PasswordError::Unseal)?;
+        let cipher = Aes256Gcm::new_from_slice(key).expect("a 32-byte key");
+        let aad = associated_data(user_id, request_id);
+        let plain = cipher
+            .decrypt(&nonce, Payload { msg: ciphertext, aad: aad.as_bytes() })
+            .map_err(|_| PasswordError::Unseal)?;
         String::from_utf8(plain).map_err(|_| PasswordError::Unseal)
     }
 }
@@ -130,18 +160,56 @@ mod tests {
         assert!(h.verify("123456", "not a hash").await.is_err());
     }
 
+    fn sealer(keys: &str) -> Sealer {
+        Sealer::new(SealKeys::parse(keys).unwrap())
+    }
+
     #[test]
     fn sealing_round_trips_and_detects_tampering() {
-        let h = hasher("pepper-one-0123456789");
-        let sealed = h.seal("654321");
-        assert_ne!(sealed, h.seal("654321"), "a fresh nonce per seal");
-        assert_eq!(h.open(&sealed).unwrap(), "654321");
-        assert!(hasher("pepper-two-0123456789").open(&sealed).is_err());
-        let mut bytes = BASE64.decode(&sealed).unwrap();
+        let keys = SealKeys::generate("k1");
+        let s = sealer(&keys);
+        let request = Uuid::new_v4();
+        let sealed = s.seal(7, request, "654321");
+        assert!(sealed.starts_with("k1."), "{sealed}");
+        assert_ne!(sealed, s.seal(7, request, "654321"), "a fresh nonce per seal");
+        assert_eq!(s.open(7, request, &sealed).unwrap(), "654321");
+        assert!(sealer(&SealKeys::generate("k1")).open(7, request, &sealed).is_err(), "another key");
+        let mut bytes = BASE64.decode(&sealed[3..]).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        assert!(h.open(&BASE64.encode(bytes)).is_err());
-        assert!(h.open("short").is_err());
+        assert!(s.open(7, request, &format!("k1.{}", BASE64.encode(bytes))).is_err());
+        assert!(s.open(7, request, "k1.short").is_err());
+        assert!(s.open(7, request, "no key id").is_err());
+    }
+
+    #[test]
+    fn a_sealed_password_opens_only_for_its_user_and_request() {
+        let s = sealer(&SealKeys::generate("k1"));
+        let request = Uuid::new_v4();
+        let sealed = s.seal(7, request, "654321");
+        assert!(s.open(8, request, &sealed).is_err(), "copied into another user's request");
+        assert!(s.open(7, Uuid::new_v4(), &sealed).is_err(), "copied into another request of the user");
+    }
+
+    #[test]
+    fn a_rotated_key_still_opens_what_it_sealed() {
+        let (old, new) = (SealKeys::generate("k1"), SealKeys::generate("k2"));
+        let request = Uuid::new_v4();
+        let sealed_before = sealer(&old).seal(7, request, "654321");
+        let rotated = sealer(&format!("{new},{old}"));
+        assert_eq!(rotated.open(7, request, &sealed_before).unwrap(), "654321");
+        assert!(rotated.seal(7, request, "654321").starts_with("k2."), "the first key seals");
+        assert!(sealer(&new).open(7, request, &sealed_before).is_err(), "a retired key is gone");
+    }
+
+    #[test]
+    fn seal_keys_are_checked() {
+        assert!(SealKeys::parse("").is_err());
+        assert!(SealKeys::parse("k1:AAAA").is_err(), "not 32 bytes");
+        assert!(SealKeys::parse("k1 x:AAAA").is_err());
+        let one = SealKeys::generate("k1");
+        assert!(SealKeys::parse(&format!("{one},{one}")).is_err(), "an id twice");
+        assert!(SealKeys::parse(&format!("{one}, {}", SealKeys::generate("k2"))).is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogFormat, LogSettings};
+use crate::config::{LogFormat, LogSettings, Settings};
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.filter`.
 pub fn init(settings: &LogSettings) {
@@ -14,4 +14,16 @@ pub fn init(settings: &LogSettings) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),
     };
+}
+
+/// `init`, then says where development secrets came from, if they did: a fleet running on
+/// made-up secrets must be plain to see in its log.
+pub fn init_for(settings: &Settings) {
+    init(&settings.log);
+    if let Some(path) = &settings.dev_secrets_from {
+        tracing::warn!(
+            file = %path.display(),
+            "using development secrets made by `payctl demo` (never read when PAYFLEET_ENV is set to anything but development)"
+        );
+    }
 }

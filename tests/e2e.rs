@@ -193,6 +193,10 @@ fn binaries_refuse_bad_settings_with_a_message_naming_the_key() {
     assert!(err.contains("auth.jwt_secret") && err.contains("PAYFLEET__AUTH__JWT_SECRET"), "{err}");
     let err = run(PAY_WORKER, &[jwt]);
     assert!(err.contains("pay.password_pepper"), "{err}");
+    let err = run(INGRESS, &[jwt, pepper]);
+    assert!(err.contains("pay.seal_keys") && err.contains("PAYFLEET__PAY__SEAL_KEYS"), "{err}");
+    let err = run(PAY_WORKER, &[jwt, pepper, ("PAYFLEET__PAY__SEAL_KEYS", "k1:c2hvcnQ=")]);
+    assert!(err.contains("pay.seal_keys") && err.contains("32 bytes"), "{err}");
     let err = run(INGRESS, &[jwt, pepper, ("PAYFLEET__PAY__BCRYPT_COST", "99")]);
     assert!(err.contains("pay.bcrypt_cost"), "{err}");
     let err = run(INGRESS, &[jwt, pepper, ("PAYFLEET__INGRESS__LISTEN", "not-an-address")]);

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{TestEnv, eventually, m};
+use payfleet::ctl::client::ApiClient;
 use payfleet::store::users::Balances;
 use serde_json::json;
 
@@ -425,15 +426,16 @@ async fn a_redelivered_balance_payment_is_answered_from_its_receipt_after_a_pass
     assert_eq!(app.api.set_pay_password(&token, "246810", &code).await.unwrap().code(), "SUCCESS");
 
     // The same pay request comes back from a retry tier (attempt 1), carrying the old password.
-    let sealer = payfleet::password::PasswordHasher::new(env.settings.pay.password_pepper().unwrap(), 4);
+    let sealer = payfleet::password::Sealer::new(env.settings.pay.seal_keys().unwrap());
+    let request_id: uuid::Uuid = paid.request_id.parse().unwrap();
     let request = PayRequested::Asset(AssetPayRequested {
-        request_id: paid.request_id.parse().unwrap(),
+        request_id,
         user_id: user,
         order_no: order.clone(),
         method: payfleet::domain::PayMethod::Balance,
         amount: m("4.00"),
         asset_amount: m("4.00"),
-        sealed_password: Some(sealer.seal("123456")),
+        sealed_password: Some(sealer.seal(user, request_id, "123456")),
         requested_at: time::OffsetDateTime::now_utc(),
     });
     let conn = payfleet::mq::connect(&env.settings.broker, "test-redelivery").await.unwrap();
@@ -479,5 +481,92 @@ async fn many_payments_with_the_right_password_in_one_batch_are_no_lockout() {
         let status = app.api.status(&token, order).await.unwrap();
         assert_eq!(status.field("pay_status"), "SUCCESS", "{:?}", status.body);
     }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balance_pay_for_an_order_that_cannot_be_paid_spends_no_password_check() {
+    let env = TestEnv::new().await;
+    let app = env.start_in_process().await;
+    let (user, token) = env.user("20.00", "0", "0").await;
+    let (other, _) = env.user("20.00", "0", "0").await;
+    let goods = env.goods("5.00").await;
+    let orders = env.orders(user, goods, 2).await;
+    let theirs = env.orders(other, goods, 1).await.remove(0);
+    assert_eq!(app.api.pay_balance(&token, &orders[0], "5.00", "123456").await.unwrap().status, 200);
+    // Made-up orders, someone else's, a paid one, the wrong amount: each refused for what it
+    // is, before the (wrong) password is looked at, so none counts towards the lock.
+    for (order, amount, code) in [
+        ("ORD00000000000404", "5.00", "NOT_FOUND"),
+        ("ORD00000000000405", "5.00", "NOT_FOUND"),
+        (theirs.as_str(), "5.00", "NOT_FOUND"),
+        (orders[0].as_str(), "5.00", "ORDERPAID"),
+        (orders[1].as_str(), "4.99", "AMOUNT_MISMATCH"),
+        ("ORD00000000000406", "5.00", "NOT_FOUND"),
+        ("ORD00000000000407", "5.00", "NOT_FOUND"),
+    ] {
+        let r = app.api.pay_balance(&token, order, amount, "000000").await.unwrap();
+        assert_eq!(r.code(), code, "{order}: {:?}", r.body);
+    }
+    let r = app.api.pay_balance(&token, &orders[1], "5.00", "123456").await.unwrap();
+    assert_eq!((r.status, r.field("remaining_balance")), (200, "10.00"), "not locked: {:?}", r.body);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pay_password_checks_are_capped_per_user_per_minute_right_ones_included() {
+    let env = TestEnv::with(&[("PAYFLEET__PAY__PASSWORD_CHECKS_PER_MINUTE", "3")]).await;
+    let app = env.start_in_process().await;
+    let (user, token) = env.user("20.00", "0", "0").await;
+    let (other, other_token) = env.user("20.00", "0", "0").await;
+    let goods = env.goods("1.00").await;
+    let orders = env.orders(user, goods, 4).await;
+    for order in &orders[..3] {
+        assert_eq!(app.api.pay_balance(&token, order, "1.00", "123456").await.unwrap().status, 200);
+    }
+    let r = app.api.pay_balance(&token, &orders[3], "1.00", "123456").await.unwrap();
+    assert_eq!((r.status, r.code()), (429, "RATE_LIMITED"), "{:?}", r.body);
+    assert_eq!(r.retry_after, Some(60));
+    assert_eq!(env.balances(user).await.money, m("17.00"), "the capped payment took nothing");
+    // Another user's checks are their own.
+    let theirs = env.orders(other, goods, 1).await.remove(0);
+    assert_eq!(app.api.pay_balance(&other_token, &theirs, "1.00", "123456").await.unwrap().status, 200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_a_limit_are_refused_429_per_user_and_per_address_across_ingress_copies() {
+    let env = TestEnv::with(&[
+        ("PAYFLEET__RATE_LIMIT__STATUS__PER_USER", "3"),
+        ("PAYFLEET__RATE_LIMIT__STATUS__PER_IP", "5"),
+    ])
+    .await;
+    let app = env.start_in_process().await;
+    // A second ingress copy: the limits are counted in Redis, so the copies share them.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = ApiClient::new(&format!("http://{}", listener.local_addr().unwrap()));
+    let task = tokio::spawn(payfleet::ingress::run(env.settings.clone(), listener, stop.clone()));
+    second.wait_ready(Duration::from_secs(20)).await.unwrap();
+    let (a, a_token) = env.user("0", "0", "0").await;
+    let (b, b_token) = env.user("0", "0", "0").await;
+    let goods = env.goods("1.00").await;
+    let (a_order, b_order) = (env.orders(a, goods, 1).await.remove(0), env.orders(b, goods, 1).await.remove(0));
+    let copies = [&app.api, &second];
+    for (n, copy) in copies.iter().cycle().take(3).enumerate() {
+        assert_eq!(copy.status(&a_token, &a_order).await.unwrap().status, 200, "request {n}");
+    }
+    let r = copies[1].status(&a_token, &a_order).await.unwrap();
+    assert_eq!((r.status, r.code()), (429, "RATE_LIMITED"), "the user's fourth: {:?}", r.body);
+    assert!(r.retry_after.is_some_and(|s| (1..=60).contains(&s)), "{:?}", r.retry_after);
+    // Another user from the same address: its own first request passes, then the address's
+    // budget (five, the refused one counted) is spent.
+    assert_eq!(copies[0].status(&b_token, &b_order).await.unwrap().status, 200);
+    let r = copies[1].status(&b_token, &b_order).await.unwrap();
+    assert_eq!((r.status, r.code()), (429, "RATE_LIMITED"), "the address's sixth: {:?}", r.body);
+    // Other kinds of request have budgets of their own.
+    assert_eq!(app.api.create_order(&b_token, goods, 1).await.unwrap().status, 200);
+    stop.cancel();
+    task.await.unwrap().unwrap();
     app.stop().await;
 }

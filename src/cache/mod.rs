@@ -1,8 +1,9 @@
-//! Redis, the fleet's short-lived state: pay-password attempt counters, SMS codes, and (later)
-//! notify nonces. Only this module talks to Redis; every key carries `redis.key_prefix`.
+//! Redis, the fleet's short-lived state: pay-password attempt counters, SMS codes, notify
+//! nonces, remembered refusals and request rate limits. Only this module talks to Redis; every key carries `redis.key_prefix`.
 
 mod notify_nonce;
 mod password_attempts;
+mod rate_limit;
 mod refusals;
 mod sms_code;
 
@@ -11,6 +12,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret;
 
+pub use password_attempts::Counted;
+pub use rate_limit::Limit;
 pub use sms_code::{PAY_PASSWORD_PURPOSE, SmsCheck};
 
 use crate::config::RedisSettings;

@@ -66,7 +66,7 @@ pub async fn run(base: Settings, args: BenchArgs) -> anyhow::Result<()> {
         bail!("--payments must be at least --clients");
     }
     let database_url = bench_database_url(base.database.url.expose_secret())?;
-    let mut overrides = super::demo::throwaway_secrets(&base);
+    let mut overrides = super::demo::throwaway_secrets();
     overrides.extend([
         ("PAYFLEET__DATABASE__URL".to_owned(), database_url.clone()),
         ("PAYFLEET__BROKER__NAMESPACE".to_owned(), "bench.".to_owned()),
@@ -74,11 +74,18 @@ pub async fn run(base: Settings, args: BenchArgs) -> anyhow::Result<()> {
         ("PAYFLEET__PAY__BCRYPT_COST".to_owned(), args.bcrypt_cost.to_string()),
         ("PAYFLEET__INGRESS__LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
         ("PAYFLEET__LOG__FILTER".to_owned(), "warn".to_owned()),
+        // A benchmark client pays hundreds of orders a minute: no person does.
+        ("PAYFLEET__PAY__PASSWORD_CHECKS_PER_MINUTE".to_owned(), "1000000".to_owned()),
     ]);
+    for kind in ["PAY", "CREATE", "ORDERS", "STATUS", "SMS_CODE"] {
+        for per in ["PER_USER", "PER_IP"] {
+            overrides.push((format!("PAYFLEET__RATE_LIMIT__{kind}__{per}"), "0".to_owned()));
+        }
+    }
     let settings = Settings::load_with(&overrides)?;
 
     println!(
-        "payctl bench: {} clients, {} payments per method, pay-password bcrypt cost {} for this run",
+        "payctl bench: {} clients, {} payments per method, pay-password bcrypt cost {} and no rate limits for this run",
         args.clients, args.payments, args.bcrypt_cost
     );
     crate::store::drop_database(&settings.database).await.context("dropping the old bench database")?;

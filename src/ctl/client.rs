@@ -12,6 +12,8 @@ pub struct ApiResponse {
     pub body: Value,
     /// The `x-request-id` the ingress answered with.
     pub request_id: String,
+    /// `Retry-After` (a 429), in seconds.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiResponse {
@@ -53,10 +55,12 @@ impl ApiClient {
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<ApiResponse> {
         let response = request.send().await.context("calling the ingress")?;
         let status = response.status().as_u16();
-        let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let request_id = header("x-request-id").unwrap_or_default();
+        let retry_after = header("retry-after").and_then(|v| v.parse().ok());
         let text = response.text().await?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok(ApiResponse { status, body, request_id })
+        Ok(ApiResponse { status, body, request_id, retry_after })
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> anyhow::Result<ApiResponse> {

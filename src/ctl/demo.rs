@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::client::{ApiClient, ApiResponse};
 use super::fleet::{self, Fleet, Logs};
 use super::{Admin, declare_topology, migrate};
-use crate::config::Settings;
+use crate::config::{DEV_SECRET_VARS, DEV_SECRETS_FILE, Settings, is_development, read_dev_secrets};
 use crate::domain::{GoodsKind, Money};
 use crate::store::users::Balances;
 
@@ -70,25 +70,77 @@ pub(crate) fn wechat_sim_env(dir: &std::path::Path, url: &str) -> anyhow::Result
     Ok(env)
 }
 
-/// Secrets the fleet needs: the operator's if set, otherwise throwaway ones for this run.
-pub(crate) fn throwaway_secrets(settings: &Settings) -> Vec<(String, String)> {
-    let mut extra = Vec::new();
-    let random = || (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect::<String>();
-    if settings.auth.jwt_secret().is_err() {
-        extra.push(("PAYFLEET__AUTH__JWT_SECRET".to_owned(), random()));
+/// A made-up value for one of `config::DEV_SECRET_VARS`.
+fn made_up(var: &str) -> String {
+    if var == "PAYFLEET__PAY__SEAL_KEYS" {
+        return crate::config::SealKeys::generate("dev1");
     }
-    if settings.pay.password_pepper().is_err() {
-        extra.push(("PAYFLEET__PAY__PASSWORD_PEPPER".to_owned(), random()));
+    (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+}
+
+/// Whether the environment gives this secret (or its `_FILE`).
+fn given(var: &str) -> bool {
+    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
+    set(var) || set(&format!("{var}_FILE"))
+}
+
+/// Made-up secrets for the ones the environment does not give, for one run (the benchmark).
+pub(crate) fn throwaway_secrets() -> Vec<(String, String)> {
+    DEV_SECRET_VARS.iter().filter(|v| !given(v)).map(|v| ((*v).to_owned(), made_up(v))).collect()
+}
+
+/// The demo's secrets for the ones the environment does not give: in development, kept in
+/// `DEV_SECRETS_FILE` (made up on the first run) so that `payctl` and the binaries run beside
+/// the demo use the same ones; otherwise made up for this run only.
+fn demo_secrets() -> anyhow::Result<Vec<(String, String)>> {
+    let profile = std::env::var("PAYFLEET_ENV").ok().filter(|p| !p.is_empty());
+    if !is_development(profile.as_deref()) {
+        let secrets = throwaway_secrets();
+        if !secrets.is_empty() {
+            println!("PAYFLEET_ENV is {profile:?}: secrets the environment lacks are made up for this run only");
+        }
+        return Ok(secrets);
     }
-    extra
+    let path = std::path::Path::new(DEV_SECRETS_FILE);
+    let mut kept = read_dev_secrets(path);
+    let missing: Vec<&str> =
+        DEV_SECRET_VARS.iter().copied().filter(|v| !given(v) && !kept.iter().any(|(k, _)| k == v)).collect();
+    if !missing.is_empty() {
+        kept.extend(missing.iter().map(|v| ((*v).to_owned(), made_up(v))));
+        write_private(path, &kept.iter().map(|(k, v)| format!("{k}={v}\n")).collect::<String>())?;
+    }
+    kept.retain(|(k, _)| !given(k));
+    if !kept.is_empty() {
+        println!(
+            "development secrets ({}) in {DEV_SECRETS_FILE}: payctl and the binaries read them there when the \
+             environment has none and PAYFLEET_ENV is unset or development, never otherwise",
+            kept.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(kept)
+}
+
+/// Writes a file only its owner may read.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
-    let secrets = throwaway_secrets(&settings);
-    if !secrets.is_empty() {
-        println!("no JWT secret / pepper in the environment: using throwaway ones for this run");
-    }
-    let settings = Settings::load_with(&secrets)?;
+    let secrets = demo_secrets()?;
+    let settings = if secrets.is_empty() { settings } else { Settings::load_with(&secrets)? };
 
     step(1, "migrate the database and declare the queues");
     migrate(&settings).await?;

@@ -30,6 +30,8 @@ pub enum Code {
     AmountMismatch,
     /// The SMS code is wrong, used or expired.
     SmsCodeInvalid,
+    /// Too many requests (or pay-password checks) in a short time; try again later.
+    RateLimited,
     Validation,
     Unauthorized,
     NotFound,
@@ -52,6 +54,7 @@ impl Code {
             Code::PasswordNotSet => "PASSWORD_NOT_SET",
             Code::AmountMismatch => "AMOUNT_MISMATCH",
             Code::SmsCodeInvalid => "SMS_CODE_INVALID",
+            Code::RateLimited => "RATE_LIMITED",
             Code::Validation => "VALIDATION",
             Code::Unauthorized => "UNAUTHORIZED",
             Code::NotFound => "NOT_FOUND",
@@ -78,6 +81,7 @@ mod tests {
             Code::PasswordNotSet,
             Code::AmountMismatch,
             Code::SmsCodeInvalid,
+            Code::RateLimited,
             Code::Validation,
             Code::Unauthorized,
             Code::NotFound,

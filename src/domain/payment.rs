@@ -128,10 +128,13 @@ pub struct Refusal {
     /// PASSWORD_WRONG: tries left before the lock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tries_left: Option<u32>,
+    /// RATE_LIMITED: when to try again, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
 }
 
 impl Refusal {
     pub fn new(code: super::Code, message: impl Into<String>) -> Refusal {
-        Refusal { code, message: message.into(), pay_no: None, tries_left: None }
+        Refusal { code, message: message.into(), pay_no: None, tries_left: None, retry_after_secs: None }
     }
 }

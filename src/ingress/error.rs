@@ -17,13 +17,15 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     data: Value,
+    /// RATE_LIMITED: sent as `Retry-After`, in seconds.
+    retry_after_secs: Option<u64>,
 }
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> ApiError {
-        ApiError { code, status: status_of(code), message: message.into(), data: Value::Null }
+        ApiError { code, status: status_of(code), message: message.into(), data: Value::Null, retry_after_secs: None }
     }
 
     pub fn validation(message: impl Into<String>) -> ApiError {
@@ -74,6 +76,16 @@ impl ApiError {
         self
     }
 
+    /// Too many requests: try again after `wait`.
+    pub fn rate_limited(what: &str, wait: std::time::Duration) -> ApiError {
+        let secs = wait.as_secs().max(1);
+        ApiError {
+            retry_after_secs: Some(secs),
+            ..ApiError::new(Code::RateLimited, format!("too many {what} requests; try again in {secs} s"))
+        }
+        .with_data(serde_json::json!({ "retry_after": secs }))
+    }
+
     pub fn with_data(mut self, data: Value) -> ApiError {
         self.data = data;
         self
@@ -93,7 +105,7 @@ fn status_of(code: Code) -> StatusCode {
         Code::PasswordWrong | Code::PasswordNotSet => StatusCode::FORBIDDEN,
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::OrderPaid | Code::OrderClosed | Code::OrderPaying | Code::NotEnough => StatusCode::CONFLICT,
-        Code::PasswordLocked => StatusCode::TOO_MANY_REQUESTS,
+        Code::PasswordLocked | Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         Code::SystemError => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -107,7 +119,10 @@ impl From<Refusal> for ApiError {
         if let Some(tries_left) = r.tries_left {
             data.insert("tries_left".into(), tries_left.into());
         }
-        let error = ApiError::new(r.code, r.message);
+        if let Some(secs) = r.retry_after_secs {
+            data.insert("retry_after".into(), secs.into());
+        }
+        let error = ApiError { retry_after_secs: r.retry_after_secs, ..ApiError::new(r.code, r.message) };
         if data.is_empty() { error } else { error.with_data(Value::Object(data)) }
     }
 }
@@ -142,7 +157,11 @@ impl From<crate::cache::CacheError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "status": 0, "msg": self.message, "code": self.code.as_str(), "data": self.data });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

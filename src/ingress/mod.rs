@@ -4,6 +4,7 @@
 mod error;
 mod extract;
 pub mod health;
+mod limits;
 mod orders;
 mod payment;
 mod user;
@@ -26,9 +27,9 @@ pub use error::{ApiError, Result};
 
 use crate::auth::TokenKeys;
 use crate::cache::Cache;
-use crate::config::{PaySettings, Settings};
+use crate::config::{PaySettings, RateLimitSettings, Settings};
 use crate::mq::rpc::RpcClient;
-use crate::password::PasswordHasher;
+use crate::password::{PasswordHasher, Sealer};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -38,6 +39,8 @@ pub struct AppState {
     pub rpc: RpcClient,
     pub tokens: Arc<TokenKeys>,
     pub passwords: PasswordHasher,
+    /// Seals pay passwords for their trip through the broker.
+    pub sealer: Sealer,
     pub pay: Arc<PaySettings>,
     /// How long a pay request waits for the worker before answering 202.
     pub reply_timeout: Duration,
@@ -45,6 +48,7 @@ pub struct AppState {
     pub wechat: Option<Arc<crate::wechat::Wechat>>,
     /// A WeChat payment waiting longer than this is queried when its status is read.
     pub wechat_query_after: Duration,
+    pub rate_limit: Arc<RateLimitSettings>,
 }
 
 /// The id of one HTTP request: logged on every line, returned in `x-request-id`, and used as
@@ -64,10 +68,12 @@ impl AppState {
                 Duration::from_secs(settings.auth.token_ttl_secs),
             )),
             passwords: PasswordHasher::new(settings.pay.password_pepper()?, settings.pay.bcrypt_cost),
+            sealer: Sealer::new(settings.pay.seal_keys()?),
             pay: Arc::new(settings.pay.clone()),
             reply_timeout: settings.ingress.reply_timeout(),
             wechat: crate::wechat::Wechat::from_settings_optional(&settings.wechat)?.map(Arc::new),
             wechat_query_after: Duration::from_secs(settings.wechat.query_after_secs),
+            rate_limit: Arc::new(settings.rate_limit.clone()),
         })
     }
 }
@@ -97,6 +103,8 @@ pub async fn run(settings: Settings, listener: TcpListener, stop: CancellationTo
     // Tests and `payctl demo` read this line to learn the port.
     println!("payfleet-ingress listening on http://{addr}");
     tracing::info!(%addr, "listening");
+    // The peer's address, for the per-address rate limits.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await?;
     Ok(())
 }

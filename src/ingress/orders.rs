@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::extract::{AuthUser, Json};
+use super::limits::{self, ClientIp, Kind};
 use super::{ApiError, AppState, Result, error::ok};
 use crate::store::orders::{CreateOrderError, create_order};
 
@@ -25,8 +26,10 @@ struct CreateOrder {
 async fn create(
     State(app): State<AppState>,
     AuthUser(user_id): AuthUser,
+    client: ClientIp,
     Json(body): Json<CreateOrder>,
 ) -> Result<Response> {
+    limits::check(&app, Kind::Orders, user_id, client).await?;
     if !(1..=MAX_NUM).contains(&body.num) {
         return Err(ApiError::validation(format!("num must be between 1 and {MAX_NUM}")));
     }

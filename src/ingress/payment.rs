@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::extract::{AuthUser, Json};
+use super::limits::{self, ClientIp, Kind};
 use super::{ApiError, AppState, RequestId, Result, error::ok};
 use crate::domain::payment::Receipt;
 use crate::domain::{Code, Money, MoneyError, OrderStatus, PayMethod};
@@ -46,24 +47,28 @@ struct Money2Pay {
 async fn pay_balance(
     State(app): State<AppState>,
     AuthUser(user_id): AuthUser,
+    client: ClientIp,
     request_id: RequestId,
     Json(body): Json<BalancePay>,
 ) -> Result<Response> {
+    limits::check(&app, Kind::Pay, user_id, client).await?;
     check_order_no(&body.order_no)?;
     let amount = payment_amount(&app, "amount", &body.amount)?;
     if !crate::password::is_well_formed(&body.pay_password) {
         return Err(ApiError::validation("pay_password must be exactly 6 digits"));
     }
-    let sealed = app.passwords.seal(&body.pay_password);
+    let sealed = app.sealer.seal(user_id, request_id.0, &body.pay_password);
     submit(&app, request_id, user_id, body.order_no, PayMethod::Balance, amount, amount, Some(sealed)).await
 }
 
 async fn pay_integral(
     State(app): State<AppState>,
     AuthUser(user_id): AuthUser,
+    client: ClientIp,
     request_id: RequestId,
     Json(body): Json<IntegralPay>,
 ) -> Result<Response> {
+    limits::check(&app, Kind::Pay, user_id, client).await?;
     check_order_no(&body.order_no)?;
     let money = payment_amount(&app, "money_amount", &body.money_amount)?;
     let points = parse_money("integral_amount", &body.integral_amount)?;
@@ -85,9 +90,11 @@ async fn pay_integral(
 async fn pay_money2(
     State(app): State<AppState>,
     AuthUser(user_id): AuthUser,
+    client: ClientIp,
     request_id: RequestId,
     Json(body): Json<Money2Pay>,
 ) -> Result<Response> {
+    limits::check(&app, Kind::Pay, user_id, client).await?;
     check_order_no(&body.order_no)?;
     let amount = payment_amount(&app, "amount", &body.amount)?;
     submit(&app, request_id, user_id, body.order_no, PayMethod::Money2, amount, amount, None).await
@@ -192,8 +199,10 @@ pub(super) fn processing(order_no: &str) -> Response {
 async fn status(
     State(app): State<AppState>,
     AuthUser(user_id): AuthUser,
+    client: ClientIp,
     Path(order_no): Path<String>,
 ) -> Result<Response> {
+    limits::check(&app, Kind::Status, user_id, client).await?;
     check_order_no(&order_no)?;
     let order = crate::store::orders::find_for_user(&app.db, &order_no, user_id)
         .await?

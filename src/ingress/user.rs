@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::extract::{AuthUser, Json};
+use super::limits::{self, ClientIp, Kind};
 use super::{ApiError, AppState, Result, error::ok};
 use crate::cache::{PAY_PASSWORD_PURPOSE, SmsCheck};
 use crate::domain::Code;
@@ -23,8 +24,10 @@ struct SetPayPassword {
 async fn set_pay_password(
     State(app): State<AppState>,
     AuthUser(user_id): AuthUser,
+    client: ClientIp,
     Json(body): Json<SetPayPassword>,
 ) -> Result<Response> {
+    limits::check(&app, Kind::SmsCode, user_id, client).await?;
     if !is_well_formed(&body.password) {
         return Err(ApiError::validation("password must be exactly 6 digits"));
     }

@@ -15,6 +15,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::extract::{AuthUser, Json};
+use super::limits::{self, ClientIp, Kind};
 use super::payment::{call_pay_worker, check_order_no, payment_amount, processing};
 use super::{ApiError, AppState, RequestId, Result, error::ok};
 use crate::channel::TradeType;
@@ -51,10 +52,12 @@ struct CreateWechat {
 async fn create(
     State(app): State<AppState>,
     AuthUser(user_id): AuthUser,
+    client: ClientIp,
     request_id: RequestId,
     headers: HeaderMap,
     Json(body): Json<CreateWechat>,
 ) -> Result<Response> {
+    limits::check(&app, Kind::Create, user_id, client).await?;
     check_order_no(&body.order_no)?;
     let amount = payment_amount(&app, "amount", &body.amount)?;
     let trade_type = match body.trade_type.as_deref() {
@@ -114,9 +117,11 @@ fn forwarded_ip(headers: &HeaderMap) -> Option<String> {
 async fn retry(
     State(app): State<AppState>,
     AuthUser(user_id): AuthUser,
+    client: ClientIp,
     request_id: RequestId,
     Path(order_no): Path<String>,
 ) -> Result<Response> {
+    limits::check(&app, Kind::Create, user_id, client).await?;
     check_order_no(&order_no)?;
     let order = crate::store::orders::find_for_user(&app.db, &order_no, user_id)
         .await?

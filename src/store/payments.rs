@@ -449,15 +449,3 @@ pub async fn count_successful(pool: &PgPool, method: PayMethod) -> Result<i64, s
         .fetch_one(pool)
         .await
 }
-
-/// Which of these pay requests already paid (a redelivery is answered from its receipt).
-pub async fn applied_requests(
-    pool: &PgPool,
-    request_ids: &[Uuid],
-) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
-    let rows: Vec<Uuid> = sqlx::query_scalar("SELECT request_id FROM payments WHERE request_id = ANY($1)")
-        .bind(request_ids)
-        .fetch_all(pool)
-        .await?;
-    Ok(rows.into_iter().collect())
-}

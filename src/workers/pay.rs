@@ -18,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{Cache, CacheError};
 use crate::channel::{ChannelError, PayChannel, Prepaid, PrepayOrder};
 use crate::config::{PaySettings, Settings};
+use crate::domain::order::check_payable;
 use crate::domain::payment::Refusal;
 use crate::domain::{Code, PayMethod};
 use crate::mq::consumer::{self, HandleError, Handler, Incoming, Outcome};
 use crate::mq::messages::{AssetPayRequested, PayReplied, PayRequested, PrepaidReply, WechatCreateRequested};
 use crate::mq::topology::{PAY_REQUESTS, PAY_TIMEOUT, Topology};
-use crate::password::PasswordHasher;
+use crate::password::{PasswordHasher, Sealer};
 use crate::store::payments::{Applied, AssetPayment};
 use crate::store::wechat::{Begun, ChannelVersion, Recorded};
 use crate::store::{self, is_conflict, is_unavailable};
@@ -34,6 +35,8 @@ pub struct PayHandler {
     db: PgPool,
     cache: Cache,
     passwords: PasswordHasher,
+    /// Opens the pay passwords sealed by the ingress.
+    sealer: Sealer,
     pay: PaySettings,
     /// None when WeChat Pay is not configured (WeChat creates are then refused).
     wechat: Option<Arc<Wechat>>,
@@ -49,11 +52,12 @@ impl PayHandler {
         db: PgPool,
         cache: Cache,
         passwords: PasswordHasher,
+        sealer: Sealer,
         pay: PaySettings,
         wechat: Option<Arc<Wechat>>,
         prepay_valid: std::time::Duration,
     ) -> PayHandler {
-        PayHandler { db, cache, passwords, pay, wechat, prepay_valid }
+        PayHandler { db, cache, passwords, sealer, pay, wechat, prepay_valid }
     }
 
     /// Phase 1 for the batch's balance payments: `Ok(hash)` for a verified password, or the
@@ -90,7 +94,9 @@ impl PayHandler {
                 out.insert(*i, Err(refused(refusal)));
                 continue;
             }
-            let password = match request.sealed_password.as_deref().map(|s| self.passwords.open(s)) {
+            let opened =
+                request.sealed_password.as_deref().map(|s| self.sealer.open(request.user_id, request.request_id, s));
+            let password = match opened {
                 Some(Ok(password)) => password,
                 Some(Err(e)) => {
                     out.insert(*i, Err(Err(HandleError::Permanent(e.to_string()))));
@@ -117,23 +123,31 @@ impl PayHandler {
                 None => per_user.push((*user, 1)),
             }
         }
-        let counts = match self.cache.count_password_attempts(&per_user, self.pay.password_lock()).await {
-            Ok(counts) => counts,
-            Err(e) => {
-                out.extend(made_by.iter().flatten().map(|i| (*i, Err(Err(cache_error(&e))))));
-                return out;
-            }
-        };
-        // Each try's number within the window: the user's count before this batch, plus its
-        // place among the user's tries in the batch.
-        let mut next: HashMap<i64, u32> =
-            per_user.iter().zip(&counts).map(|((user, k), n)| (*user, n.saturating_sub(*k) + 1)).collect();
-        let numbers: Vec<u32> = tries
+        let checks_per_minute = self.pay.password_checks_per_minute;
+        let counts =
+            match self.cache.count_password_attempts(&per_user, self.pay.password_lock(), checks_per_minute).await {
+                Ok(counts) => counts,
+                Err(e) => {
+                    out.extend(made_by.iter().flatten().map(|i| (*i, Err(Err(cache_error(&e))))));
+                    return out;
+                }
+            };
+        // Each try's number within the window (the user's count before this batch, plus its
+        // place among the user's tries in the batch), or None past the user's checks this minute.
+        let mut next: HashMap<i64, (u32, u32)> = per_user
+            .iter()
+            .zip(&counts)
+            .map(|((user, _), c)| (*user, (c.attempts - c.allowed + 1, c.allowed)))
+            .collect();
+        let numbers: Vec<Option<u32>> = tries
             .iter()
             .map(|(user, _)| {
-                let slot = next.get_mut(user).expect("every user was counted");
-                *slot += 1;
-                *slot - 1
+                let (number, allowed) = next.get_mut(user).expect("every user was counted");
+                (*allowed > 0).then(|| {
+                    *allowed -= 1;
+                    *number += 1;
+                    *number - 1
+                })
             })
             .collect();
         let max = self.pay.password_max_attempts;
@@ -141,25 +155,42 @@ impl PayHandler {
         // bcrypt runs on the blocking pool; the batch's checks run side by side.
         let checks = futures_util::future::join_all(tries.iter().zip(&numbers).map(|((user, password), n)| {
             let hash = &hashes[user];
-            async move { if *n <= max { Some(self.passwords.verify(password, hash).await) } else { None } }
+            async move {
+                match n {
+                    Some(n) if *n <= max => Some(self.passwords.verify(password, hash).await),
+                    _ => None,
+                }
+            }
         }))
         .await;
         let mut knew_it = HashSet::new();
         for ((((user_id, _), n), check), requests) in tries.iter().zip(numbers).zip(checks).zip(made_by) {
-            let answer = match check {
-                Some(Ok(true)) => {
+            let answer = match (n, check) {
+                (None, _) => {
+                    tracing::info!(user_id, checks_per_minute, "pay password checks capped");
+                    Err(refused(Refusal {
+                        retry_after_secs: Some(60),
+                        ..Refusal::new(
+                            Code::RateLimited,
+                            format!(
+                                "too many pay password checks (at most {checks_per_minute} a minute); try again in a minute"
+                            ),
+                        )
+                    }))
+                }
+                (Some(_), Some(Ok(true))) => {
                     knew_it.insert(*user_id);
                     Ok(hashes[user_id].clone())
                 }
-                None => {
+                (Some(n), None) => {
                     tracing::info!(user_id, tries = n, "pay password locked");
                     Err(refused(Refusal::new(Code::PasswordLocked, self.locked_message())))
                 }
-                Some(Ok(false)) if n >= max => {
+                (Some(n), Some(Ok(false))) if n >= max => {
                     tracing::info!(user_id, tries = n, "wrong pay password, now locked");
                     Err(refused(Refusal::new(Code::PasswordLocked, self.locked_message())))
                 }
-                Some(Ok(false)) => {
+                (Some(n), Some(Ok(false))) => {
                     tracing::info!(user_id, tries = n, "wrong pay password");
                     let left = max - n;
                     Err(refused(Refusal {
@@ -170,7 +201,7 @@ impl PayHandler {
                         )
                     }))
                 }
-                Some(Err(e)) => {
+                (Some(_), Some(Err(e))) => {
                     tracing::error!(error = %e, user_id, "stored pay password hash cannot be checked");
                     let refusal =
                         Refusal::new(Code::SystemError, "your pay password cannot be checked; contact support");
@@ -306,31 +337,34 @@ impl PayHandler {
         let mut answers: Vec<Option<Answer>> =
             requests.iter().map(|r| check_shape(r, &self.pay).err().map(refused)).collect();
 
-        // A redelivered balance request that already paid is answered from its receipt: its
-        // password was checked when it paid (and may have changed since).
-        let redelivered: Vec<uuid::Uuid> = items
-            .iter()
-            .filter(|(incoming, r)| {
-                r.method == PayMethod::Balance && (incoming.meta.redelivered || incoming.meta.attempt > 0)
-            })
-            .map(|(_, r)| r.request_id)
-            .collect();
-        let already_paid = if redelivered.is_empty() {
-            HashSet::new()
+        // Balance payments, cheap checks first: a pay password costs a bcrypt verify, so the
+        // order is read (unlocked) and an order that cannot be paid (missing, someone else's,
+        // paid, closed, waiting for WeChat, another amount) is refused before any. A request
+        // that already paid it (a redelivery) is answered from its receipt: its password was
+        // checked when it paid, and may have changed since. The transaction checks again.
+        let candidates: Vec<usize> =
+            (0..requests.len()).filter(|&i| answers[i].is_none() && requests[i].method == PayMethod::Balance).collect();
+        let order_nos: Vec<&str> = candidates.iter().map(|&i| requests[i].order_no.as_str()).collect();
+        let seen = if order_nos.is_empty() {
+            HashMap::new()
         } else {
-            match store::payments::applied_requests(&self.db, &redelivered).await {
-                Ok(applied) => applied,
+            match store::orders::read(&self.db, &order_nos).await {
+                Ok(seen) => seen.into_iter().map(|o| (o.order.order_no.clone(), o)).collect::<HashMap<_, _>>(),
                 Err(e) => return items.iter().map(|_| Err(db_error(&e))).collect(),
             }
         };
-        let balance: Vec<(usize, &AssetPayRequested)> = requests
-            .iter()
-            .enumerate()
-            .filter(|(i, r)| {
-                answers[*i].is_none() && r.method == PayMethod::Balance && !already_paid.contains(&r.request_id)
-            })
-            .map(|(i, r)| (i, *r))
-            .collect();
+        let mut balance: Vec<(usize, &AssetPayRequested)> = Vec::new();
+        for i in candidates {
+            let r = requests[i];
+            let seen = seen.get(&r.order_no);
+            if seen.is_some_and(|o| o.paid_by == Some(r.request_id)) {
+                continue;
+            }
+            match check_payable(seen.map(|o| o.order.facts()).as_ref(), r.user_id, r.amount) {
+                Ok(()) => balance.push((i, r)),
+                Err(refusal) => answers[i] = Some(refused(refusal)),
+            }
+        }
         let mut verified = HashMap::new();
         for (i, check) in self.check_passwords(&balance).await {
             match check {
@@ -581,6 +615,7 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
     let db = store::pool(&settings.database)?;
     let cache = Cache::new(&settings.redis)?;
     let passwords = PasswordHasher::new(settings.pay.password_pepper()?, settings.pay.bcrypt_cost);
+    let sealer = Sealer::new(settings.pay.seal_keys()?);
     let wechat = Wechat::from_settings_optional(&settings.wechat)?.map(Arc::new);
     if wechat.is_none() {
         tracing::warn!("WeChat Pay is not configured: WeChat creates are refused, expiry checks close orders locally");
@@ -591,8 +626,15 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
     }
     let sidecars = super::Sidecars::start(&settings, &settings.pay_worker, &db, &cache, &stop)?;
     let prepay_valid = std::time::Duration::from_secs(settings.wechat.prepay_valid_secs);
-    let pay =
-        Arc::new(PayHandler::new(db.clone(), cache, passwords, settings.pay.clone(), wechat.clone(), prepay_valid));
+    let pay = Arc::new(PayHandler::new(
+        db.clone(),
+        cache,
+        passwords,
+        sealer,
+        settings.pay.clone(),
+        wechat.clone(),
+        prepay_valid,
+    ));
     let timeouts = Arc::new(super::timeout::TimeoutHandler::new(db, wechat));
     let pay_consumer = super::consumer_settings(PAY_REQUESTS, "payfleet-pay-worker", &settings.pay_worker);
     let timeout_consumer = super::consumer_settings(PAY_TIMEOUT, "payfleet-pay-worker-timeouts", &settings.pay_worker);

@@ -52,6 +52,7 @@ impl TestEnv {
             ("PAYFLEET__REDIS__KEY_PREFIX", format!("t{id}:")),
             ("PAYFLEET__AUTH__JWT_SECRET", secret(32)),
             ("PAYFLEET__PAY__PASSWORD_PEPPER", secret(16)),
+            ("PAYFLEET__PAY__SEAL_KEYS", payfleet::config::SealKeys::generate("t1")),
             ("PAYFLEET__PAY__BCRYPT_COST", "4".into()),
             ("PAYFLEET__INGRESS__LISTEN", "127.0.0.1:0".into()),
             ("PAYFLEET__LOG__FILTER", "info,lapin=warn".into()),
@@ -59,6 +60,14 @@ impl TestEnv {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        // Tests pay far faster than a person: limits high enough never to stop them, still
+        // counted (tests of the limits set their own).
+        env.insert("PAYFLEET__PAY__PASSWORD_CHECKS_PER_MINUTE".into(), "100000".into());
+        for kind in ["PAY", "CREATE", "ORDERS", "STATUS", "SMS_CODE"] {
+            for per in ["PER_USER", "PER_IP"] {
+                env.insert(format!("PAYFLEET__RATE_LIMIT__{kind}__{per}"), "100000".into());
+            }
+        }
         for (k, v) in overrides {
             env.insert((*k).to_owned(), (*v).to_owned());
         }
