@@ -117,6 +117,10 @@ pub struct BrokerSettings {
     pub url: SecretString,
     /// Prefixed to every queue name, so several fleets or tests share one vhost.
     pub namespace: String,
+    /// Every binary declares the queues at start. Off, they only check the queues exist (an
+    /// operator declares them with `payctl topology`), so their broker users need no
+    /// configure permission.
+    pub declare_topology: bool,
     /// Quorum queues dead-letter a message delivered more often than this.
     pub delivery_limit: u32,
     /// A publish not confirmed within this is treated as failed.

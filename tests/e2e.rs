@@ -204,3 +204,78 @@ fn binaries_refuse_bad_settings_with_a_message_naming_the_key() {
     let err = run(PAY_WORKER, &[jwt, pepper, ("PAYFLEET__PAY_WORKER__PREFETCH", "lots")]);
     assert!(err.contains("pay_worker.prefetch"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payctl_topology_shows_each_queues_depth_and_the_queues_nothing_consumes_yet() {
+    let env = TestEnv::new().await;
+    let app = env.start_in_process().await;
+    let (user, token) = env.user("10.00", "0", "0").await;
+    let goods = env.goods("5.00").await;
+    let order = env.orders(user, goods, 1).await.remove(0);
+    assert_eq!(app.api.pay_balance(&token, &order, "5.00", "123456").await.unwrap().status, 200);
+    let followup = Topology::new(&env.settings.broker).queue(payfleet::mq::topology::ORDER_FOLLOWUP);
+    eventually(Duration::from_secs(10), "the order-paid event relayed", || async {
+        env.queue_depth(&followup).await == 1
+    })
+    .await;
+    app.stop().await;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_payctl"))
+        .arg("topology")
+        .env("PAYFLEET_CONFIG_DIR", common::config_dir())
+        .envs(&env.env)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().find(|l| l.starts_with(&format!("{followup} "))).unwrap_or_else(|| panic!("{stdout}"));
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(columns[1..3], ["1", "0"], "one message, no consumer: {line}");
+    assert!(line.contains("no consumer in this version"), "{line}");
+    let requests = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{} ", Topology::new(&env.settings.broker).queue(PAY_REQUESTS))))
+        .unwrap();
+    assert!(!requests.contains("no consumer"), "{requests}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_passes_and_payctl_beside_it_uses_its_development_secrets() {
+    let env = TestEnv::new().await;
+    // As a new user runs it: no secrets in the environment, from a directory of its own.
+    let dir = std::env::temp_dir().join(format!("payfleet-demo-{}", env.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let payctl = |args: &[&str], profile: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_payctl"));
+        command.args(args).current_dir(&dir).env_clear().env("PATH", std::env::var("PATH").unwrap());
+        command.env("PAYFLEET_CONFIG_DIR", common::config_dir());
+        command.envs(env.env.iter().filter(|(k, _)| !payfleet::config::DEV_SECRET_VARS.contains(&k.as_str())));
+        if let Some(profile) = profile {
+            command.env("PAYFLEET_ENV", profile);
+        }
+        command.output().unwrap()
+    };
+    let demo = payctl(&["demo"], None);
+    let stdout = String::from_utf8_lossy(&demo.stdout);
+    assert!(demo.status.success(), "the demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&demo.stderr));
+    assert!(stdout.contains("demo passed") && stdout.contains("target/payfleet-dev.env"), "{stdout}");
+    let secrets = payfleet::config::read_dev_secrets(&dir.join(payfleet::config::DEV_SECRETS_FILE));
+    assert_eq!(secrets.len(), 3, "{secrets:?}");
+
+    // In another terminal, as the README shows: the same secrets, so the token is the fleet's.
+    let created = payctl(&["user", "create", "--money", "1.00", "--pay-password", "123456"], None);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    assert!(String::from_utf8_lossy(&created.stderr).contains("development secrets"), "said at start");
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let jwt = &secrets.iter().find(|(k, _)| k == "PAYFLEET__AUTH__JWT_SECRET").unwrap().1;
+    let keys = payfleet::auth::TokenKeys::new(&jwt.clone().into(), Duration::from_secs(60));
+    assert_eq!(keys.verify(created["token"].as_str().unwrap()).ok(), created["user_id"].as_i64());
+    // Never in production settings.
+    let refused = payctl(&["token", "--user", "1"], Some("production"));
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("auth.jwt_secret"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -31,8 +31,9 @@ struct WechatFleet {
 }
 
 impl WechatFleet {
-    /// `ingress_env`: extra settings for the ingress only (e.g. its broker through a cutter).
-    async fn start(test: &str, version: &str, settings: &[(&str, &str)], ingress_env: &[(&str, &str)]) -> WechatFleet {
+    /// `only`: settings for one binary only, as (binary, key, value) (e.g. the ingress's broker
+    /// through a cutter).
+    async fn start(test: &str, version: &str, settings: &[(&str, &str)], only: &[(&str, &str, &str)]) -> WechatFleet {
         let mut overrides =
             vec![("PAYFLEET__WECHAT__API_VERSION", version), ("PAYFLEET__INGRESS__REPLY_TIMEOUT_MS", "5000")];
         overrides.extend_from_slice(settings);
@@ -52,11 +53,16 @@ impl WechatFleet {
         for (k, v) in &overrides {
             fleet.set_env(k, v);
         }
-        fleet.spawn(INGRESS, ingress_env).unwrap();
+        let for_binary = |binary: &str| -> Vec<(&str, &str)> {
+            only.iter().filter(|(b, _, _)| *b == binary).map(|(_, k, v)| (*k, *v)).collect()
+        };
+        fleet.spawn(INGRESS, &for_binary(INGRESS)).unwrap();
         let url = fleet.ingress_url(Duration::from_secs(30)).await.unwrap();
         let notify_url = format!("{url}/api/v1/payment/wechat/notify");
-        fleet.spawn(PAY_WORKER, &[("PAYFLEET__WECHAT__NOTIFY_URL", &notify_url)]).unwrap();
-        fleet.spawn(NOTIFY_WORKER, &[]).unwrap();
+        let mut pay_env = for_binary(PAY_WORKER);
+        pay_env.push(("PAYFLEET__WECHAT__NOTIFY_URL", &notify_url));
+        fleet.spawn(PAY_WORKER, &pay_env).unwrap();
+        fleet.spawn(NOTIFY_WORKER, &for_binary(NOTIFY_WORKER)).unwrap();
         let api = ApiClient::new(&url);
         api.wait_ready(Duration::from_secs(30)).await.unwrap();
         let (_, token) = env.user("0", "0", "0").await;
@@ -323,7 +329,7 @@ async fn a_notify_arriving_while_the_broker_is_away_is_refused_then_lands(versio
     let rabbit = Cutter::start("127.0.0.1:5672").await;
     let broker = format!("amqp://guest:guest@127.0.0.1:{}/%2f", rabbit.port);
     let test = format!("wechat-broker-down-{version}");
-    let w = WechatFleet::start(&test, version, &[], &[("PAYFLEET__BROKER__URL", &broker)]).await;
+    let w = WechatFleet::start(&test, version, &[], &[(INGRESS, "PAYFLEET__BROKER__URL", &broker)]).await;
     let (order_no, pay_no) = w.created().await;
     rabbit.cut();
     eventually(Duration::from_secs(10), "the ingress reports the broker down", || async {
@@ -531,4 +537,90 @@ async fn v3_a_report_published_by_someone_else_settles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_a_report_published_by_someone_else_settles_nothing() {
     a_report_published_by_someone_else_settles_nothing("v2").await;
+}
+
+/// A broker user for one test, removed when dropped; made with the broker's own `rabbitmqctl`.
+struct BrokerUser {
+    name: String,
+    password: String,
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let output = std::process::Command::new("rabbitmqctl").args(args).output().unwrap_or_else(|e| {
+        panic!("this test makes broker users with rabbitmqctl (RabbitMQ's CLI), which did not run: {e}")
+    });
+    assert!(output.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+impl BrokerUser {
+    /// A user with these permissions on the vhost `/` (configure, write, read: regexes).
+    fn new(name: String, configure: &str, write: &str, read: &str) -> BrokerUser {
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        rabbitmqctl(&["add_user", &name, &password]);
+        rabbitmqctl(&["set_permissions", "-p", "/", &name, configure, write, read]);
+        BrokerUser { name, password }
+    }
+
+    fn url(&self) -> String {
+        format!("amqp://{}:{}@127.0.0.1:5672/%2f", self.name, self.password)
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl").args(["delete_user", &self.name]).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_binary_works_with_a_broker_user_of_its_own_least_privileges() {
+    // The users of the README's "Broker users", scoped to this test's queue namespace; the
+    // queues are declared beforehand by an administrator, as `payctl topology` does.
+    let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    let ns = format!("lp{id}.");
+    let queue = |name: &str| format!("^lp{id}\\.{}$", name.replace('.', "\\."));
+    let default_exchange = "^amq\\.default$";
+    let ingress = BrokerUser::new(format!("pf-ingress-{id}"), "^$", default_exchange, "^$");
+    let pay_queues = format!("^lp{id}\\.(pay\\.requests|pay\\.timeout)$");
+    let pay = BrokerUser::new(format!("pf-pay-{id}"), "^$", default_exchange, &pay_queues);
+    let notify = BrokerUser::new(format!("pf-notify-{id}"), "^$", default_exchange, &queue("wechat.notify"));
+    let settings = [("PAYFLEET__BROKER__NAMESPACE", ns.as_str()), ("PAYFLEET__BROKER__DECLARE_TOPOLOGY", "false")];
+    let (ingress_url, pay_url, notify_url) = (ingress.url(), pay.url(), notify.url());
+    let only = [
+        (INGRESS, "PAYFLEET__BROKER__URL", ingress_url.as_str()),
+        (PAY_WORKER, "PAYFLEET__BROKER__URL", pay_url.as_str()),
+        (NOTIFY_WORKER, "PAYFLEET__BROKER__URL", notify_url.as_str()),
+    ];
+    let w = WechatFleet::start("least-privilege", "v3", &settings, &only).await;
+
+    // Balance pay: the ingress publishes and takes the reply, the pay-worker consumes, replies
+    // and relays the outbox.
+    let (user, token) = w.env.user("10.00", "0", "0").await;
+    let order_no = w.api.create_order(&token, w.goods, 1).await.unwrap().field("order_no").to_owned();
+    let r = w.api.pay_balance(&token, &order_no, "10.00", "123456").await.unwrap();
+    assert_eq!((r.status, r.field("remaining_balance")), (200, "0.00"), "{:?}", r.body);
+    // WeChat: the notify goes through the ingress to the notify-worker, which settles it.
+    let (wechat_order, pay_no) = w.created().await;
+    w.sim.pay(&pay_no, None).await;
+    eventually(Duration::from_secs(20), "settled", || async { w.status(&wechat_order).await == "SUCCESS" }).await;
+    eventually(Duration::from_secs(10), "the outbox relayed", || async {
+        payfleet::store::outbox::unsent_count(&w.env.admin.db).await.unwrap() == 0
+    })
+    .await;
+    assert_eq!(w.env.balances(user).await.money, m("0.00"));
+
+    // And no more than that: the ingress's user can neither take pay requests nor make queues.
+    let mut broker = w.env.settings.broker.clone();
+    broker.url = ingress_url.clone().into();
+    let conn = payfleet::mq::connect(&broker, "test-ingress-user").await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let pay_requests = Topology::new(&broker).queue(PAY_REQUESTS);
+    let taken = channel.basic_get(pay_requests.as_str().into(), Default::default()).await;
+    assert!(taken.is_err_and(|e| e.to_string().contains("ACCESS_REFUSED")), "the ingress read pay.requests");
+    let channel = conn.create_channel().await.unwrap();
+    let made =
+        channel.queue_declare(format!("{ns}stolen").as_str().into(), Default::default(), Default::default()).await;
+    assert!(made.is_err_and(|e| e.to_string().contains("ACCESS_REFUSED")), "the ingress made a queue");
+    let _ = conn.close(200, "bye".into()).await;
+    w.stop().await;
 }

@@ -32,7 +32,7 @@ pub struct Cli {
 pub enum Command {
     /// Create the database if needed and apply the migrations.
     Migrate,
-    /// Declare every queue (idempotent).
+    /// Declare every queue (idempotent) and print each queue's depth and consumers.
     Topology,
     /// Users: `user create --money 100.00 --integral 1000 --money2 20.00 [--pay-password 123456]`.
     User {
@@ -107,7 +107,8 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         }
         Command::Topology => {
             declare_topology(&settings).await?;
-            println!("topology declared");
+            println!("topology declared\n");
+            print_depths(&settings).await?;
         }
         Command::User { command: UserCommand::Create { money, integral, money2, pay_password, nickname } } => {
             let opening = Balances {
@@ -158,6 +159,23 @@ pub async fn declare_topology(settings: &Settings) -> anyhow::Result<()> {
     let channel = conn.create_channel().await?;
     Topology::new(&settings.broker).declare(&channel).await?;
     crate::mq::close(&conn, &channel).await;
+    Ok(())
+}
+
+/// Prints every queue with its depth and consumers, and says which work queues nothing in this
+/// version consumes.
+async fn print_depths(settings: &Settings) -> anyhow::Result<()> {
+    let conn = crate::mq::connect(&settings.broker, "payctl").await.context("connecting to the broker (broker.url)")?;
+    let channel = conn.create_channel().await?;
+    let topology = Topology::new(&settings.broker);
+    let depths = topology.depths(&channel).await;
+    crate::mq::close(&conn, &channel).await;
+    println!("{:<48} {:>9} {:>9}", "queue", "messages", "consumers");
+    for q in depths? {
+        let idle = crate::mq::topology::WITHOUT_CONSUMER.iter().any(|base| q.name == topology.queue(base));
+        let note = if idle { "  (no consumer in this version: its messages wait)" } else { "" };
+        println!("{:<48} {:>9} {:>9}{note}", q.name, q.messages, q.consumers);
+    }
     Ok(())
 }
 

@@ -148,7 +148,7 @@ async fn session<H: Handler>(
     stop: &CancellationToken,
 ) -> Result<(), MqError> {
     let channel = conn.create_channel().await?;
-    topology.declare(&channel).await?;
+    topology.ensure(&channel).await?;
     channel.basic_qos(settings.prefetch, BasicQosOptions::default()).await?;
     let publisher = Publisher::on(channel.clone(), broker.publish_timeout()).await?;
     let replier = Replier::open(conn).await?;

@@ -175,7 +175,7 @@ async fn open_session(
     settings: &BrokerSettings,
 ) -> Result<(Publisher, lapin::Consumer), MqError> {
     let channel = conn.create_channel().await?;
-    topology.declare(&channel).await?;
+    topology.ensure(&channel).await?;
     let publisher = Publisher::on(channel.clone(), settings.publish_timeout()).await?;
     let options = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
     let replies = channel.basic_consume(REPLY_TO.into(), "".into(), options, FieldTable::default()).await?;

@@ -46,6 +46,9 @@ pub struct Topology {
     retry_delays_ms: Vec<u64>,
     /// The tiers of the outgoing notices (OrderNotify, shipping), WeChat's own schedule.
     notice_retry_delays_ms: Vec<u64>,
+    /// Binaries declare the queues at start (`broker.declare_topology`); otherwise they only
+    /// check the queues exist, and a user without the configure permission will do.
+    declares: bool,
 }
 
 impl Topology {
@@ -55,6 +58,7 @@ impl Topology {
             delivery_limit: settings.delivery_limit,
             retry_delays_ms: settings.retry_delays_ms.clone(),
             notice_retry_delays_ms: settings.notice_retry_delays_ms.clone(),
+            declares: settings.declare_topology,
         }
     }
 
@@ -116,6 +120,23 @@ impl Topology {
             .collect()
     }
 
+    /// What a binary does at the start of a broker session: declares every queue, or (with
+    /// `broker.declare_topology` off) checks they exist, which needs no permission at all.
+    pub async fn ensure(&self, channel: &Channel) -> Result<(), MqError> {
+        if self.declares {
+            return self.declare(channel).await;
+        }
+        for name in self.all_queues() {
+            let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+            if let Err(e) =
+                channel.queue_declare(ShortString::from(name.as_str()), options, FieldTable::default()).await
+            {
+                return Err(MqError::Refused(format!("queue {name} is missing ({e}): run `payctl topology`")));
+            }
+        }
+        Ok(())
+    }
+
     /// Declares every queue. Safe to repeat; fails if a queue exists with other arguments.
     pub async fn declare(&self, channel: &Channel) -> Result<(), MqError> {
         for base in WORK_QUEUES {
@@ -140,6 +161,18 @@ impl Topology {
         Ok(())
     }
 
+    /// Every queue of this fleet with the messages waiting in it and its consumers right now
+    /// (`payctl topology`).
+    pub async fn depths(&self, channel: &Channel) -> Result<Vec<QueueDepth>, MqError> {
+        let mut out = Vec::new();
+        for name in self.all_queues() {
+            let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+            let queue = channel.queue_declare(ShortString::from(name.as_str()), options, FieldTable::default()).await?;
+            out.push(QueueDepth { name, messages: queue.message_count(), consumers: queue.consumer_count() });
+        }
+        Ok(out)
+    }
+
     /// Deletes every queue of this fleet, messages included (tests, bench).
     pub async fn delete(&self, channel: &Channel) -> Result<(), MqError> {
         for name in self.all_queues() {
@@ -148,6 +181,18 @@ impl Topology {
         Ok(())
     }
 }
+
+/// A queue as the broker reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub name: String,
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+/// Work queues no binary of this version consumes: their messages wait for the workers of
+/// later versions (README, "Queues").
+pub const WITHOUT_CONSUMER: [&str; 3] = [ORDER_FOLLOWUP, ORDER_NOTIFY, SHIPPING_NOTICE];
 
 fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
