@@ -188,8 +188,8 @@ pub struct PaySettings {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
     pub window_secs: u64,
-    /// Take the client address from `X-Forwarded-For` (its first entry): only behind a proxy
-    /// that sets it, or a client could name any address.
+    /// Take the client address from `X-Forwarded-For` (its last entry, the one the proxy in
+    /// front appended): only behind exactly one such proxy, or a client could name any address.
     pub trust_forwarded_for: bool,
     /// Balance, integral and money2 pay.
     pub pay: RateLimit,

@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::config::SealKeys;
+use crate::domain::Money;
 
 /// What can go wrong with a pay password.
 #[derive(Debug, thiserror::Error)]
@@ -83,9 +84,20 @@ pub struct Sealer {
     keys: Arc<SealKeys>,
 }
 
-/// What a sealed password is bound to: the user paying and the pay request carrying it.
-fn associated_data(user_id: i64, request_id: Uuid) -> String {
-    format!("payfleet/pay-password/v2/{user_id}/{request_id}")
+/// The pay request a password is sealed for: it opens inside that request only, so a sealed
+/// password copied into another message, or a message whose order or amount was changed on its
+/// way, does not open.
+#[derive(Clone, Copy, Debug)]
+pub struct SealedFor<'a> {
+    pub user_id: i64,
+    pub request_id: Uuid,
+    pub order_no: &'a str,
+    pub amount: Money,
+}
+
+/// The AES-GCM associated data: everything the sealed password is bound to.
+fn associated_data(to: &SealedFor) -> String {
+    format!("payfleet/pay-password/v2/{}/{}/{}/{}", to.user_id, to.request_id, to.order_no, to.amount)
 }
 
 impl Sealer {
@@ -94,12 +106,12 @@ impl Sealer {
     }
 
     /// `<key id>.<base64(nonce ‖ ciphertext ‖ tag)>`, sealed with the current key and bound to
-    /// this user and request.
-    pub fn seal(&self, user_id: i64, request_id: Uuid, password: &str) -> String {
+    /// the pay request.
+    pub fn seal(&self, to: &SealedFor, password: &str) -> String {
         let (id, key) = self.keys.current();
         let cipher = Aes256Gcm::new_from_slice(key).expect("a 32-byte key");
         let nonce_bytes: [u8; 12] = rand::random();
-        let aad = associated_data(user_id, request_id);
+        let aad = associated_data(to);
         let sealed = cipher
             .encrypt(&Nonce::from(nonce_bytes), Payload { msg: password.as_bytes(), aad: aad.as_bytes() })
             .expect("AES-GCM encryption of a short input");
@@ -108,8 +120,8 @@ impl Sealer {
         format!("{id}.{}", BASE64.encode(out))
     }
 
-    /// Opens what `seal` produced for this user and request.
-    pub fn open(&self, user_id: i64, request_id: Uuid, sealed: &str) -> Result<String, PasswordError> {
+    /// Opens what `seal` produced for this pay request.
+    pub fn open(&self, to: &SealedFor, sealed: &str) -> Result<String, PasswordError> {
         let (id, text) = sealed.split_once('.').ok_or(PasswordError::Unseal)?;
         let key = self.keys.get(id).ok_or(PasswordError::Unseal)?;
         let bytes = BASE64.decode(text).map_err(|_| PasswordError::Unseal)?;
@@ -119,7 +131,7 @@ impl Sealer {
         let (nonce, ciphertext) = bytes.split_at(12);
         let nonce = Nonce::try_from(nonce).map_err(|_| PasswordError::Unseal)?;
         let cipher = Aes256Gcm::new_from_slice(key).expect("a 32-byte key");
-        let aad = associated_data(user_id, request_id);
+        let aad = associated_data(to);
         let plain = cipher
             .decrypt(&nonce, Payload { msg: ciphertext, aad: aad.as_bytes() })
             .map_err(|_| PasswordError::Unseal)?;
@@ -164,42 +176,49 @@ mod tests {
         Sealer::new(SealKeys::parse(keys).unwrap())
     }
 
+    fn request(request_id: Uuid) -> SealedFor<'static> {
+        SealedFor { user_id: 7, request_id, order_no: "ORD1", amount: Money::parse("10.00").unwrap() }
+    }
+
     #[test]
     fn sealing_round_trips_and_detects_tampering() {
         let keys = SealKeys::generate("k1");
         let s = sealer(&keys);
-        let request = Uuid::new_v4();
-        let sealed = s.seal(7, request, "654321");
+        let to = request(Uuid::new_v4());
+        let sealed = s.seal(&to, "654321");
         assert!(sealed.starts_with("k1."), "{sealed}");
-        assert_ne!(sealed, s.seal(7, request, "654321"), "a fresh nonce per seal");
-        assert_eq!(s.open(7, request, &sealed).unwrap(), "654321");
-        assert!(sealer(&SealKeys::generate("k1")).open(7, request, &sealed).is_err(), "another key");
+        assert_ne!(sealed, s.seal(&to, "654321"), "a fresh nonce per seal");
+        assert_eq!(s.open(&to, &sealed).unwrap(), "654321");
+        assert!(sealer(&SealKeys::generate("k1")).open(&to, &sealed).is_err(), "another key");
         let mut bytes = BASE64.decode(&sealed[3..]).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        assert!(s.open(7, request, &format!("k1.{}", BASE64.encode(bytes))).is_err());
-        assert!(s.open(7, request, "k1.short").is_err());
-        assert!(s.open(7, request, "no key id").is_err());
+        assert!(s.open(&to, &format!("k1.{}", BASE64.encode(bytes))).is_err());
+        assert!(s.open(&to, "k1.short").is_err());
+        assert!(s.open(&to, "no key id").is_err());
     }
 
     #[test]
-    fn a_sealed_password_opens_only_for_its_user_and_request() {
+    fn a_sealed_password_opens_only_inside_the_request_it_was_sealed_for() {
         let s = sealer(&SealKeys::generate("k1"));
-        let request = Uuid::new_v4();
-        let sealed = s.seal(7, request, "654321");
-        assert!(s.open(8, request, &sealed).is_err(), "copied into another user's request");
-        assert!(s.open(7, Uuid::new_v4(), &sealed).is_err(), "copied into another request of the user");
+        let to = request(Uuid::new_v4());
+        let sealed = s.seal(&to, "654321");
+        assert!(s.open(&SealedFor { user_id: 8, ..to }, &sealed).is_err(), "another user's request");
+        assert!(s.open(&SealedFor { request_id: Uuid::new_v4(), ..to }, &sealed).is_err(), "another request");
+        assert!(s.open(&SealedFor { order_no: "ORD2", ..to }, &sealed).is_err(), "its order changed");
+        let amount = Money::parse("10.01").unwrap();
+        assert!(s.open(&SealedFor { amount, ..to }, &sealed).is_err(), "its amount changed");
     }
 
     #[test]
     fn a_rotated_key_still_opens_what_it_sealed() {
         let (old, new) = (SealKeys::generate("k1"), SealKeys::generate("k2"));
-        let request = Uuid::new_v4();
-        let sealed_before = sealer(&old).seal(7, request, "654321");
+        let to = request(Uuid::new_v4());
+        let sealed_before = sealer(&old).seal(&to, "654321");
         let rotated = sealer(&format!("{new},{old}"));
-        assert_eq!(rotated.open(7, request, &sealed_before).unwrap(), "654321");
-        assert!(rotated.seal(7, request, "654321").starts_with("k2."), "the first key seals");
-        assert!(sealer(&new).open(7, request, &sealed_before).is_err(), "a retired key is gone");
+        assert_eq!(rotated.open(&to, &sealed_before).unwrap(), "654321");
+        assert!(rotated.seal(&to, "654321").starts_with("k2."), "the first key seals");
+        assert!(sealer(&new).open(&to, &sealed_before).is_err(), "a retired key is gone");
     }
 
     #[test]

@@ -130,3 +130,33 @@ async fn a_waiting_wechat_payment_keeps_other_methods_out() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_reported_after_the_refund_never_pays_the_order() {
+    let env = TestEnv::new().await;
+    let (user, _) = env.user("0", "0", "0").await;
+    let goods = env.goods("10.00").await;
+    let order = env.orders(user, goods, 1).await.remove(0);
+    let pay_no = begun(&env, user, &order).await;
+    let db = &env.admin.db;
+    // Paid, the notify lost, refunded in the merchant platform: the query finds REFUND.
+    let refunded = settle(db, &report(&pay_no, TradeState::Refund, 1000, APPID), APPID, MCHID).await.unwrap();
+    assert!(matches!(refunded, Settlement::Alert(ref d) if d.starts_with("refunded_unsettled")), "{refunded:?}");
+    assert_eq!(payment_status(&env, &pay_no).await, "REFUNDED");
+    // Then WeChat's retry of the original SUCCESS notify arrives, genuine and late.
+    let late = settle(db, &report(&pay_no, TradeState::Success, 1000, APPID), APPID, MCHID).await.unwrap();
+    assert!(matches!(late, Settlement::Alert(ref d) if d.starts_with("success_after_refund")), "{late:?}");
+    assert_eq!(payment_status(&env, &pay_no).await, "REFUNDED");
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM orders WHERE order_no = $1").bind(&order).fetch_one(db).await.unwrap();
+    assert_eq!(status, "UNPAID");
+    let (profit, events): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM profit_pay WHERE order_no = $1), (SELECT count(*) FROM outbox WHERE kind = 'order_paid')",
+    )
+    .bind(&order)
+    .fetch_one(db)
+    .await
+    .unwrap();
+    assert_eq!((profit, events), (0, 0), "no money recorded, no follow-up");
+    env.audit_is_clean().await;
+}

@@ -173,7 +173,8 @@ async fn duplicates_forgeries_and_wrong_amounts(version: &str) {
     let w = WechatFleet::start(&format!("wechat-faults-{version}"), version, &[], &[]).await;
 
     // Two notifies at once: one state change. A v3 duplicate is signed afresh and queued like the
-    // first; a v2 duplicate is the same bytes as the first and is answered without being queued.
+    // first; a v2 duplicate is the same bytes as the first: queued too when both arrive before
+    // either is queued, answered without being queued when it comes after.
     let (dup_order, dup_pay) = w.created().await;
     w.sim.pay(&dup_pay, Some("duplicate")).await;
     eventually(Duration::from_secs(20), "settled", || async { w.status(&dup_order).await == "SUCCESS" }).await;
@@ -181,11 +182,9 @@ async fn duplicates_forgeries_and_wrong_amounts(version: &str) {
         w.sim.notifies(&dup_pay).await.iter().filter(|(status, _)| *status == 200).count() == 2
     })
     .await;
-    let queued = if version == "v3" { 2 } else { 1 };
-    eventually(Duration::from_secs(20), "the queued notifies processed", || async {
-        w.count("SELECT count(*) FROM wechat_notifies WHERE out_trade_no = $1", &dup_pay).await == queued
-    })
-    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let queued = w.count("SELECT count(*) FROM wechat_notifies WHERE out_trade_no = $1", &dup_pay).await;
+    assert!(if version == "v3" { queued == 2 } else { (1..=2).contains(&queued) }, "{queued} processed");
     assert_eq!(
         w.count("SELECT count(*) FROM wechat_notifies WHERE out_trade_no = $1 AND outcome = 'settled'", &dup_pay).await,
         1

@@ -7,17 +7,20 @@ use std::time::Duration;
 use super::{Cache, CacheError};
 
 impl Cache {
-    /// Claims `nonce` for `ttl`; false if it was claimed before (a replay).
-    pub async fn claim_notify_nonce(&self, nonce: &str, ttl: Duration) -> Result<bool, CacheError> {
-        let key = self.key(format_args!("wechat_notify_nonce:{nonce}"));
-        self.claim(key, ttl).await
+    /// Whether a notify with this replay key was queued before.
+    pub async fn notify_seen(&self, replay_key: &str) -> Result<bool, CacheError> {
+        let key = self.key(format_args!("wechat_notify_nonce:{replay_key}"));
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("EXISTS").arg(key).query_async::<u32>(&mut conn).await? == 1)
     }
 
-    /// Gives a claimed nonce back (its notify could not be queued, so its retry must pass).
-    pub async fn release_notify_nonce(&self, nonce: &str) -> Result<(), CacheError> {
-        let key = self.key(format_args!("wechat_notify_nonce:{nonce}"));
+    /// Keeps a queued notify's replay key for `ttl`. Kept only once the notify is queued, so a
+    /// notify that failed to queue (or whose ingress died first) is taken when WeChat resends it.
+    pub async fn remember_notify(&self, replay_key: &str, ttl: Duration) -> Result<(), CacheError> {
+        let key = self.key(format_args!("wechat_notify_nonce:{replay_key}"));
         let mut conn = self.conn.clone();
-        let _: u64 = redis::cmd("DEL").arg(key).query_async(&mut conn).await?;
+        let _: () =
+            redis::cmd("SET").arg(key).arg(1).arg("EX").arg(ttl.as_secs().max(1)).query_async(&mut conn).await?;
         Ok(())
     }
 

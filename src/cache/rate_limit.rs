@@ -15,21 +15,22 @@ pub struct Limit {
     pub limit: u32,
 }
 
-/// Counts once in every window of `window` length, atomically: a burst of concurrent requests
-/// cannot all pass on the same count.
+/// Counts one hit against each limit in order, atomically (a burst of concurrent requests
+/// cannot all pass on the same count), and stops at the first one over: a request refused by
+/// its user's limit is not counted against its address, so one user cannot spend the budget of
+/// everyone behind the same address.
 const HIT_SCRIPT: &str = r"
-local over = 0
 for i, key in ipairs(KEYS) do
   local n = redis.call('INCR', key)
   if n == 1 then redis.call('PEXPIRE', key, ARGV[1]) end
-  if n > tonumber(ARGV[i + 1]) then over = 1 end
+  if n > tonumber(ARGV[i + 1]) then return 1 end
 end
-return over
+return 0
 ";
 
 impl Cache {
-    /// Counts one hit against each limit; `Some(wait)` when any of them is over: the time until
-    /// the current window ends.
+    /// Counts one hit against each limit, in order, up to the first that is over; `Some(wait)`
+    /// when one is: the time until the current window ends.
     pub async fn hit_limits(&self, limits: &[Limit], window: Duration) -> Result<Option<Duration>, CacheError> {
         if limits.is_empty() {
             return Ok(None);

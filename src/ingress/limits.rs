@@ -40,7 +40,8 @@ impl Kind {
 }
 
 /// The client's address: the connection's peer or, with `rate_limit.trust_forwarded_for`
-/// (behind a proxy that sets it), the first `X-Forwarded-For` entry.
+/// (behind one proxy that appends the address it saw to `X-Forwarded-For`), the header's last
+/// entry. Never the first: a client can put any address there.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientIp(pub Option<IpAddr>);
 
@@ -50,14 +51,15 @@ impl FromRequestParts<AppState> for ClientIp {
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
         let forwarded = || {
             let value = parts.headers.get("x-forwarded-for")?.to_str().ok()?;
-            value.split(',').next()?.trim().parse().ok()
+            value.rsplit(',').next()?.trim().parse().ok()
         };
         let peer = || parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         Ok(ClientIp(if app.rate_limit.trust_forwarded_for { forwarded().or_else(peer) } else { peer() }))
     }
 }
 
-/// Counts this request against its kind's limits for the user and the address.
+/// Counts this request against its kind's limits for the user, then (if the user's allows it)
+/// the address.
 pub async fn check(app: &AppState, kind: Kind, user_id: i64, client: ClientIp) -> Result<()> {
     let settings = &app.rate_limit;
     let limit: RateLimit = match kind {

@@ -23,6 +23,7 @@ use crate::mq::envelope::traceparent_for;
 use crate::mq::messages::{AssetPayRequested, PayReplied, PayRequested};
 use crate::mq::rpc::{Called, Outgoing};
 use crate::mq::topology::PAY_REQUESTS;
+use crate::password::SealedFor;
 
 #[derive(Deserialize)]
 struct BalancePay {
@@ -57,7 +58,8 @@ async fn pay_balance(
     if !crate::password::is_well_formed(&body.pay_password) {
         return Err(ApiError::validation("pay_password must be exactly 6 digits"));
     }
-    let sealed = app.sealer.seal(user_id, request_id.0, &body.pay_password);
+    let sealed_for = SealedFor { user_id, request_id: request_id.0, order_no: &body.order_no, amount };
+    let sealed = app.sealer.seal(&sealed_for, &body.pay_password);
     submit(&app, request_id, user_id, body.order_no, PayMethod::Balance, amount, amount, Some(sealed)).await
 }
 

@@ -216,17 +216,17 @@ async fn notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
     let version = signed.api_version();
     let ttl = if version == WechatApiVersion::V3 { V3_NONCE_TTL } else { V2_NONCE_TTL };
     let Some(replay_key) = signed.replay_key() else { return refused(&"the notify has no nonce") };
-    match app.cache.claim_notify_nonce(&replay_key, ttl).await {
-        Ok(true) => {}
+    match app.cache.notify_seen(&replay_key).await {
+        Ok(false) => {}
         // v3: WeChat signs every delivery afresh, so a nonce seen before is a replay.
-        Ok(false) if version == WechatApiVersion::V3 => {
+        Ok(true) if version == WechatApiVersion::V3 => {
             tracing::warn!(notify_id = %verified.id, replay_key, "refused a replayed WeChat notify");
             return refused(&"replayed nonce");
         }
         // v2: WeChat sends the same notify again byte for byte, and wants SUCCESS for a duplicate;
-        // a replay looks the same. Either way it was taken once: answered, never queued again.
-        Ok(false) => {
-            tracing::info!(notify_id = %verified.id, replay_key, "a v2 notify received before: answered, not queued again");
+        // a replay looks the same. Either way it was queued once: answered, never queued again.
+        Ok(true) => {
+            tracing::info!(notify_id = %verified.id, replay_key, "a v2 notify queued before: answered, not queued again");
             return notify_answer(xml, StatusCode::OK, "SUCCESS", "OK");
         }
         Err(e) => {
@@ -254,12 +254,15 @@ async fn notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
     match app.rpc.publish(&out).await {
         Ok(()) => {
             tracing::info!(notify_id = %verified.id, out_trade_no = %verified.trade.out_trade_no, "WeChat notify accepted");
+            // Remembered only now it is queued, so a notify that failed to queue is taken when
+            // WeChat resends it. Two copies at once may both be queued; settling is idempotent.
+            if let Err(e) = app.cache.remember_notify(&replay_key, ttl).await {
+                tracing::warn!(error = %e, replay_key, "notify queued, but its nonce could not be kept: a replay of it would be queued again");
+            }
             notify_answer(xml, StatusCode::OK, "SUCCESS", if xml { "OK" } else { "成功" })
         }
         Err(e) => {
             tracing::warn!(error = %e, notify_id = %verified.id, "cannot queue a WeChat notify; WeChat will send it again");
-            // Its retry must not look like a replay.
-            let _ = app.cache.release_notify_nonce(&replay_key).await;
             notify_answer(xml, StatusCode::SERVICE_UNAVAILABLE, "FAIL", "try again later")
         }
     }

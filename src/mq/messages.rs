@@ -102,6 +102,20 @@ pub struct TradeReported {
     pub signed: Option<crate::wechat::SignedNotify>,
 }
 
+impl TradeReported {
+    /// A trade our own query of WeChat found.
+    pub fn queried(trade: Trade) -> TradeReported {
+        TradeReported {
+            source: TradeSource::Query,
+            report_id: format!("query:{}:{}", trade.out_trade_no, Uuid::now_v7()),
+            event_type: format!("QUERY.{}", trade.trade_state.as_str()),
+            raw: serde_json::to_string(&trade).expect("a trade serialises"),
+            trade,
+            signed: None,
+        }
+    }
+}
+
 /// An order's pay time ran out: published when the order is created, delayed until then in
 /// `pay.timeout.wait`, handled by the pay-worker from `pay.timeout`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

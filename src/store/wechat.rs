@@ -267,14 +267,7 @@ pub async fn find(pool: &PgPool, order_no: &str) -> Result<Option<WechatPayment>
 /// it leaves only if the caller's transaction commits). The notify-worker asks WeChat again
 /// before it settles anything: a message on the queue proves nothing by itself.
 pub async fn enqueue_reported(conn: &mut PgConnection, trade: &Trade) -> Result<(), sqlx::Error> {
-    let report = TradeReported {
-        source: TradeSource::Query,
-        report_id: format!("query:{}:{}", trade.out_trade_no, Uuid::now_v7()),
-        event_type: format!("QUERY.{}", trade.trade_state.as_str()),
-        trade: trade.clone(),
-        raw: serde_json::to_string(trade).expect("serialises"),
-        signed: None,
-    };
+    let report = TradeReported::queried(trade.clone());
     sqlx::query("INSERT INTO outbox (message_id, queue, kind, payload) VALUES ($1, $2, 'trade_reported', $3)")
         .bind(Uuid::now_v7())
         .bind(topology::WECHAT_NOTIFY)
@@ -316,7 +309,7 @@ pub async fn expire(pool: &PgPool, order_no: &str, checked: Option<&str>) -> Res
         OrderStatus::Paying => return Ok(Expiry::Unchecked),
         OrderStatus::Paid | OrderStatus::Closed => return Ok(Expiry::Unchanged),
     };
-    sqlx::query("UPDATE orders SET status = 'CLOSED', paying_pay_no = NULL WHERE order_no = $1")
+    sqlx::query("UPDATE orders SET status = 'CLOSED', paying_pay_no = NULL, pay_type = NULL WHERE order_no = $1")
         .bind(order_no)
         .execute(&mut *tx)
         .await?;
@@ -449,6 +442,11 @@ async fn apply_trade(
     let waited_for = order.is_paying_with(pay_no);
     match trade.trade_state {
         TradeState::Success if payment.status == "SUCCESS" => Ok(Settlement::Duplicate),
+        // Paid back at WeChat already: a SUCCESS for it is an old report (a late retry of the
+        // first notify), never money to settle.
+        TradeState::Success if payment.status == "REFUNDED" => Ok(Settlement::Alert(format!(
+            "success_after_refund: a SUCCESS report for {pay_no}, which WeChat reported refunded before; not settled"
+        ))),
         TradeState::Success if trade.total_fen != Some(amount.to_fen()) => Ok(Settlement::Alert(format!(
             "amount_mismatch: WeChat reports {:?} fen, the order is {} fen",
             trade.total_fen,
@@ -456,8 +454,9 @@ async fn apply_trade(
         ))),
         TradeState::Success => {
             let paid_at = trade.success_time.unwrap_or_else(OffsetDateTime::now_utc);
-            sqlx::query(
-                "UPDATE payments SET status = 'SUCCESS', third_party_no = $2, paid_at = $3, notify_raw = $4 WHERE pay_no = $1",
+            let marked = sqlx::query(
+                "UPDATE payments SET status = 'SUCCESS', third_party_no = $2, paid_at = $3, notify_raw = $4
+                 WHERE pay_no = $1 AND status IN ('PAYING', 'CLOSED')",
             )
             .bind(pay_no)
             .bind(&trade.transaction_id)
@@ -465,6 +464,12 @@ async fn apply_trade(
             .bind(&report.raw)
             .execute(&mut *tx)
             .await?;
+            if marked.rows_affected() != 1 {
+                return Err(sqlx::Error::Protocol(format!(
+                    "payment {pay_no} in state {} cannot settle",
+                    payment.status
+                )));
+            }
             sqlx::query(
                 "INSERT INTO profit_pay (user_id, order_no, pay_no, change_money, content, pay_type) VALUES ($1, $2, $3, $4, $5, $6)",
             )
@@ -618,6 +623,14 @@ pub async fn record_unconfirmed(pool: &PgPool, report: &TradeReported, why: &str
     alert(&mut tx, "unconfirmed_report", order_no.as_deref(), Some(&report.trade.out_trade_no), &detail).await?;
     record_report(&mut tx, report, "UNCONFIRMED", "alert").await?;
     tx.commit().await
+}
+
+/// The state of a WeChat payment, if it exists.
+pub async fn payment_status(pool: &PgPool, pay_no: &str) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT status FROM payments WHERE pay_no = $1 AND method = 'wechat'")
+        .bind(pay_no)
+        .fetch_optional(pool)
+        .await
 }
 
 /// The sign type a v2 notify must be verified with: its payment's (None for v3, or a payment

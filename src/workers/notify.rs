@@ -10,14 +10,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::pay::{channel_error, db_error};
 use crate::cache::Cache;
-use crate::channel::{ChannelError, PayChannel, Trade};
+use crate::channel::{ChannelError, PayChannel};
 use crate::config::Settings;
 use crate::mq::consumer::{self, HandleError, Handler, Incoming, Outcome};
-use crate::mq::messages::TradeReported;
+use crate::mq::messages::{TradeReported, TradeSource};
 use crate::mq::topology::{Topology, WECHAT_NOTIFY};
 use crate::store;
 use crate::store::wechat::Settlement;
-use crate::wechat::{Notified, Wechat};
+use crate::wechat::{Notified, SignedNotify, Wechat};
 
 pub struct NotifyHandler {
     db: PgPool,
@@ -31,8 +31,9 @@ pub struct NotifyHandler {
 
 /// What WeChat stands behind, of a report.
 enum Confirmed {
-    /// The trade as WeChat signed or answered it.
-    Trade(Trade),
+    /// The report to settle from, in WeChat's own words: the trade, id, event and raw text of
+    /// the verified notify, or of WeChat's answer to our query; nothing from the message besides.
+    Report(Box<TradeReported>),
     /// WeChat does not stand behind it (why).
     Not(String),
 }
@@ -42,48 +43,67 @@ impl NotifyHandler {
         NotifyHandler { db, wechat, appid, mchid }
     }
 
-    /// The trade WeChat stands behind: a notify's signature verified again (a message on the
-    /// queue could have been published by anyone allowed to publish there), or, for a report
-    /// without one (our own queries, and notifies queued before notifies carried their
-    /// signature), WeChat's answer to a query of our own.
+    /// What WeChat stands behind: a notify's signature verified again (a message on the queue
+    /// could have been published by anyone allowed to publish there), or, for a report without
+    /// one (our own queries, and notifies queued before notifies carried their signature),
+    /// WeChat's answer to a query of our own. A genuine SUCCESS notify for a payment that is
+    /// closed or refunded here is checked with a query too: it may be a late retry of a notify
+    /// whose trade was paid back since.
     async fn confirm(&self, report: &TradeReported) -> Result<Confirmed, HandleError> {
         let Some(wechat) = &self.wechat else {
             return Err(HandleError::Permanent(
                 "WeChat Pay is not configured on this notify-worker: the report cannot be confirmed".into(),
             ));
         };
-        let Some(signed) = &report.signed else {
-            return match wechat.query(&report.trade.out_trade_no).await {
-                Ok(trade) => Ok(Confirmed::Trade(trade)),
-                Err(ChannelError::NotFound) => Ok(Confirmed::Not("WeChat has no such trade".into())),
-                // WeChat away: hold the report and ask again, rather than spend its retries.
-                Err(ChannelError::Transient(e)) => Err(HandleError::Unavailable(format!("WeChat: {e}"))),
-                Err(e) => Err(channel_error(&e)),
-            };
-        };
+        let Some(signed) = &report.signed else { return self.query(wechat, &report.trade.out_trade_no).await };
         let sign_type = store::wechat::notify_sign_type(&self.db, signed).await.map_err(|e| db_error(&e))?;
         // No time window: the notify passed it on arrival and may have waited in the queue since.
-        match wechat.verify_notify(signed, None, sign_type) {
-            Ok(Notified::Trade(verified)) => Ok(Confirmed::Trade(verified.trade)),
+        let verified = match wechat.verify_notify(signed, None, sign_type) {
+            Ok(Notified::Trade(verified)) => verified,
             Ok(Notified::Other { event_type, .. }) => {
-                Ok(Confirmed::Not(format!("a {event_type} notify is no payment")))
+                return Ok(Confirmed::Not(format!("a {event_type} notify is no payment")));
             }
-            Err(e) => Ok(Confirmed::Not(format!("the notify does not verify: {e}"))),
+            Err(e) => return Ok(Confirmed::Not(format!("the notify does not verify: {e}"))),
+        };
+        let no = &verified.trade.out_trade_no;
+        let status = store::wechat::payment_status(&self.db, no).await.map_err(|e| db_error(&e))?;
+        if verified.trade.trade_state.is_paid() && matches!(status.as_deref(), Some("CLOSED" | "REFUNDED")) {
+            return self.query(wechat, no).await;
+        }
+        let raw = match signed {
+            SignedNotify::V3 { body, .. } | SignedNotify::V2 { body } => body.clone(),
+        };
+        Ok(Confirmed::Report(Box::new(TradeReported {
+            source: TradeSource::Notify,
+            report_id: verified.id,
+            event_type: verified.event_type,
+            trade: verified.trade,
+            raw,
+            signed: Some(signed.clone()),
+        })))
+    }
+
+    /// WeChat's answer to a query of the trade.
+    async fn query(&self, wechat: &Wechat, out_trade_no: &str) -> Result<Confirmed, HandleError> {
+        match wechat.query(out_trade_no).await {
+            Ok(trade) => Ok(Confirmed::Report(Box::new(TradeReported::queried(trade)))),
+            Err(ChannelError::NotFound) => Ok(Confirmed::Not("WeChat has no such trade".into())),
+            // WeChat away: hold the report and ask again, rather than spend its retries.
+            Err(ChannelError::Transient(e)) => Err(HandleError::Unavailable(format!("WeChat: {e}"))),
+            Err(e) => Err(channel_error(&e)),
         }
     }
 
     async fn settle(&self, report: &TradeReported) -> Result<Outcome, HandleError> {
         let claimed = &report.trade.out_trade_no;
-        let trade = match self.confirm(report).await? {
-            Confirmed::Trade(trade) if trade.out_trade_no == *claimed => trade,
-            Confirmed::Trade(trade) => {
-                let why = format!("the report claims {claimed}, WeChat's trade is {}", trade.out_trade_no);
+        let report = match self.confirm(report).await? {
+            Confirmed::Report(confirmed) if confirmed.trade.out_trade_no == *claimed => *confirmed,
+            Confirmed::Report(confirmed) => {
+                let why = format!("the report claims {claimed}, WeChat's trade is {}", confirmed.trade.out_trade_no);
                 return self.unconfirmed(report, &why).await;
             }
             Confirmed::Not(why) => return self.unconfirmed(report, &why).await,
         };
-        // Settled on what WeChat said, whatever the message claimed besides.
-        let report = TradeReported { trade, ..report.clone() };
         let trade = &report.trade;
         let settlement =
             store::wechat::settle(&self.db, &report, &self.appid, &self.mchid).await.map_err(|e| db_error(&e))?;

@@ -24,7 +24,7 @@ use crate::domain::{Code, PayMethod};
 use crate::mq::consumer::{self, HandleError, Handler, Incoming, Outcome};
 use crate::mq::messages::{AssetPayRequested, PayReplied, PayRequested, PrepaidReply, WechatCreateRequested};
 use crate::mq::topology::{PAY_REQUESTS, PAY_TIMEOUT, Topology};
-use crate::password::{PasswordHasher, Sealer};
+use crate::password::{PasswordHasher, SealedFor, Sealer};
 use crate::store::payments::{Applied, AssetPayment};
 use crate::store::wechat::{Begun, ChannelVersion, Recorded};
 use crate::store::{self, is_conflict, is_unavailable};
@@ -94,8 +94,13 @@ impl PayHandler {
                 out.insert(*i, Err(refused(refusal)));
                 continue;
             }
-            let opened =
-                request.sealed_password.as_deref().map(|s| self.sealer.open(request.user_id, request.request_id, s));
+            let sealed_for = SealedFor {
+                user_id: request.user_id,
+                request_id: request.request_id,
+                order_no: &request.order_no,
+                amount: request.amount,
+            };
+            let opened = request.sealed_password.as_deref().map(|s| self.sealer.open(&sealed_for, s));
             let password = match opened {
                 Some(Ok(password)) => password,
                 Some(Err(e)) => {
