@@ -6,29 +6,15 @@ mod common;
 
 use std::time::Duration;
 
+use common::trades::{APPID, MCHID, V3, create_request, report};
 use common::{TestEnv, eventually, m};
-use payfleet::channel::{Prepaid, Trade, TradeState, TradeType};
+use payfleet::channel::{Prepaid, TradeState};
 use payfleet::domain::{Code, PayMethod};
-use payfleet::mq::messages::{TradeReported, TradeSource, WechatCreateRequested};
 use payfleet::store::payments::{self, Applied, AssetPayment};
-use payfleet::store::wechat::{self, Begun, ChannelVersion, Expiry, Recorded, Settlement};
+use payfleet::store::wechat::{self, Begun, Expiry, Recorded, Settlement};
 use sqlx::PgPool;
 
-const V3: ChannelVersion = ChannelVersion { api_version: "v3", sign_type: None };
 const VALID: Duration = Duration::from_secs(7000);
-
-fn create_request(user: i64, order_no: &str) -> WechatCreateRequested {
-    WechatCreateRequested {
-        request_id: uuid::Uuid::new_v4(),
-        user_id: user,
-        order_no: order_no.to_owned(),
-        amount: m("10.00"),
-        trade_type: TradeType::Jsapi,
-        openid: Some("oPayer".into()),
-        client_ip: "127.0.0.1".into(),
-        requested_at: time::OffsetDateTime::now_utc(),
-    }
-}
 
 fn integral_payment(user: i64, order_no: &str) -> AssetPayment {
     AssetPayment {
@@ -154,26 +140,6 @@ async fn a_prepay_for_an_order_that_stopped_waiting_for_it_is_not_kept() {
     assert_eq!(kept, None);
 }
 
-fn success_report(pay_no: &str) -> TradeReported {
-    TradeReported {
-        source: TradeSource::Notify,
-        report_id: uuid::Uuid::new_v4().to_string(),
-        event_type: "TRANSACTION.SUCCESS".into(),
-        trade: Trade {
-            appid: "wxd930ea5d5a258f4f".into(),
-            mchid: "1900000109".into(),
-            out_trade_no: pay_no.into(),
-            transaction_id: Some("4200000001".into()),
-            trade_state: TradeState::Success,
-            total_fen: Some(1000),
-            success_time: Some(time::OffsetDateTime::now_utc()),
-            payer_openid: Some("oPayer".into()),
-        },
-        raw: "{}".into(),
-        signed: None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settling_takes_the_order_before_the_payment_so_it_never_deadlocks_with_the_expiry() {
     let env = TestEnv::new().await;
@@ -194,8 +160,8 @@ async fn settling_takes_the_order_before_the_payment_so_it_never_deadlocks_with_
         .await
         .unwrap();
     // The notify settles meanwhile: it must wait for the order without holding the payment.
-    let (pool, report) = (db.clone(), success_report(&pay_no));
-    let settle = tokio::spawn(async move { wechat::settle(&pool, &report, "wxd930ea5d5a258f4f", "1900000109").await });
+    let (pool, report) = (db.clone(), report(&pay_no, TradeState::Success, 1000, APPID));
+    let settle = tokio::spawn(async move { wechat::settle(&pool, &report, APPID, MCHID).await });
     until_waiting_on_locks(db, 1).await;
     // So the holder takes the payment next without waiting (a deadlock would end one of them).
     sqlx::query("SET LOCAL lock_timeout = '3s'").execute(&mut *expiry).await.unwrap();

@@ -4,50 +4,17 @@
 
 mod common;
 
+use common::trades::{APPID, MCHID, V3, create_request, report};
 use common::{TestEnv, m};
-use payfleet::channel::{Trade, TradeState, TradeType};
-use payfleet::mq::messages::{TradeReported, TradeSource, WechatCreateRequested};
-use payfleet::store::wechat::{Begun, ChannelVersion, Settlement, begin, settle};
+use payfleet::channel::TradeState;
+use payfleet::mq::messages::TradeReported;
+use payfleet::store::wechat::{Begun, Settlement, begin, settle};
 use std::time::Duration;
 
-const APPID: &str = "wxd930ea5d5a258f4f";
-const MCHID: &str = "1900000109";
-
 async fn begun(env: &TestEnv, user: i64, order_no: &str) -> String {
-    let request = WechatCreateRequested {
-        request_id: uuid::Uuid::new_v4(),
-        user_id: user,
-        order_no: order_no.to_owned(),
-        amount: m("10.00"),
-        trade_type: TradeType::Jsapi,
-        openid: Some("oPayer".into()),
-        client_ip: "127.0.0.1".into(),
-        requested_at: time::OffsetDateTime::now_utc(),
-    };
-    let v3 = ChannelVersion { api_version: "v3", sign_type: None };
-    match begin(&env.admin.db, &request, v3, Duration::from_secs(7000)).await.unwrap() {
+    match begin(&env.admin.db, &create_request(user, order_no), V3, Duration::from_secs(7000)).await.unwrap() {
         Begun::Prepay { pay_no, .. } => pay_no,
         other => panic!("{other:?}"),
-    }
-}
-
-fn report(pay_no: &str, state: TradeState, total: i64, appid: &str) -> TradeReported {
-    TradeReported {
-        source: TradeSource::Notify,
-        report_id: uuid::Uuid::new_v4().to_string(),
-        event_type: "TRANSACTION.SUCCESS".into(),
-        trade: Trade {
-            appid: appid.into(),
-            mchid: MCHID.into(),
-            out_trade_no: pay_no.into(),
-            transaction_id: Some("4200000001".into()),
-            trade_state: state,
-            total_fen: Some(total),
-            success_time: Some(time::OffsetDateTime::now_utc()),
-            payer_openid: Some("oPayer".into()),
-        },
-        raw: "{}".into(),
-        signed: None,
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod cutter;
 pub mod sim;
+pub mod trades;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
