@@ -1,5 +1,5 @@
-//! The simulator's trade bill (WECHAT.md §3.11): `GET /v3/bill/tradebill` answers a signed
-//! `{hash_type, hash_value, download_url}`; the download (Authorization required, the file
+//! The simulator's trade bill (docs/wechat-pay.md §3.11): `GET /v3/bill/tradebill` answers a
+//! signed `{hash_type, hash_value, download_url}`; the download (Authorization required, the file
 //! itself unsigned) is WeChat's CSV: UTF-8 with BOM, CRLF, backtick-prefixed fields, a summary.
 //! wechat-sim serves bills uncompressed (`tar_type=GZIP` is refused).
 

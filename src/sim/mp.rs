@@ -1,4 +1,4 @@
-//! The simulator's mini-program server API (WECHAT.md §5): access tokens
+//! The simulator's mini-program server API (docs/wechat-pay.md §6): access tokens
 //! (`GET /cgi-bin/token`, `POST /cgi-bin/stable_token`) and 发货信息录入
 //! (`POST /wxa/sec/order/upload_shipping_info?access_token=…`) with WeChat's error codes.
 

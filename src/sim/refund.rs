@@ -1,7 +1,7 @@
 //! The simulator's refunds: v3 `POST /v3/refund/domestic/refunds` and
 //! `GET /v3/refund/domestic/refunds/{out_refund_no}` (with a REFUND.SUCCESS notify), and v2
-//! `POST /secapi/pay/refund` (WECHAT.md §2.7, §3.9). Over loopback there is no mutual TLS; the
-//! v2 `sign` is checked as for every v2 call.
+//! `POST /secapi/pay/refund` (docs/wechat-pay.md §2.6, §3.9). Over loopback there is no mutual
+//! TLS; the v2 `sign` is checked as for every v2 call.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

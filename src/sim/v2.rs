@@ -1,5 +1,6 @@
 //! The simulator's API v2: XML requests whose `sign` must verify under the APIv2 key; answers
-//! signed the same way, with WeChat's two-level `return_code` / `result_code` (WECHAT.md §2).
+//! signed the same way, with WeChat's two-level `return_code` / `result_code`
+//! (docs/wechat-pay.md §2.1–§2.3).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The simulator's API v3: requests must carry a valid merchant `Authorization`; answers are
 //! signed with WeChat's public key when the request names it in `Wechatpay-Serial`, else with
-//! the platform certificate's key (WECHAT.md §3.2–§3.8).
+//! the platform certificate's key (docs/wechat-pay.md §3.2–§3.8).
 
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
 //! The API v2 client: XML requests signed with the APIv2 key (MD5 or HMAC-SHA256), answers and
-//! notifies verified the same way (WECHAT.md §2).
+//! notifies verified the same way (docs/wechat-pay.md §2).
 
 use std::collections::BTreeMap;
 

@@ -1,9 +1,9 @@
 //! API v2 signatures: MD5 and HMAC-SHA256 over the sorted `k=v&…&key=KEY` string.
 //!
 //! Implements "安全规范 / 签名算法" of WeChat Pay API v2
-//! (https://pay.weixin.qq.com/doc/v2/merchant/4011985891; WECHAT.md §2.2): every field except
-//! `sign` whose value is non-empty, sorted by name (byte order), joined as `k=v` with `&`, then
-//! `&key=<APIv2 key>`; MD5 or HMAC-SHA256 (keyed with the APIv2 key) in upper-case hex.
+//! (https://pay.weixin.qq.com/doc/v2/merchant/4011985891; docs/wechat-pay.md §2.1): every field
+//! except `sign` whose value is non-empty, sorted by name (byte order), joined as `k=v` with `&`,
+//! then `&key=<APIv2 key>`; MD5 or HMAC-SHA256 (keyed with the APIv2 key) in upper-case hex.
 
 use std::collections::BTreeMap;
 
@@ -84,7 +84,7 @@ mod tests {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
-    /// The official example of the v2 signature page (WECHAT.md §2.2).
+    /// The official example of the v2 signature page (docs/wechat-pay.md §2.1).
     #[test]
     fn known_answer_from_wechat_documentation() {
         let f = fields(&[

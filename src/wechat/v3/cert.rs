@@ -1,6 +1,6 @@
 //! Platform certificates (certificate mode): WeChat's X.509 certificates whose serial numbers
-//! name the key in `Wechatpay-Serial` (WECHAT.md §3.4). Merchants download them with WeChat's
-//! tool and configure the PEM files; the simulator issues its own.
+//! name the key in `Wechatpay-Serial` (docs/wechat-pay.md §3.4). Merchants download them with
+//! WeChat's tool and configure the PEM files; the simulator issues its own.
 
 use rsa::pkcs8::{DecodePublicKey, EncodePublicKey};
 use rsa::sha2::Sha256;

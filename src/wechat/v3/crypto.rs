@@ -2,7 +2,7 @@
 //! downloaded platform certificates), RSA key files, and the set of WeChat's verification keys.
 //!
 //! Implements "证书和回调报文解密" (https://pay.weixin.qq.com/wiki/doc/apiv3/wechatpay/wechatpay4_2.shtml;
-//! WECHAT.md §3.4, §3.10): key = the 32-byte APIv3 key, nonce = the 12 given characters,
+//! docs/wechat-pay.md §3.5): key = the 32-byte APIv3 key, nonce = the 12 given characters,
 //! AAD = `associated_data`, ciphertext = base64(ct ‖ 16-byte tag).
 
 use std::collections::HashMap;

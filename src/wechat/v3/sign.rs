@@ -4,8 +4,8 @@
 //! Implements "签名生成" and "签名验证" of WeChat Pay API v3
 //! (https://pay.weixin.qq.com/wiki/doc/apiv3/wechatpay/wechatpay4_0.shtml,
 //! https://pay.wechatpay.cn/docs/merchant/development/interface-rules/build-verify-sign-src.html;
-//! WECHAT.md §3.2, §3.3, §3.6): SHA256withRSA (RSASSA-PKCS1-v1_5) over newline-terminated lines,
-//! base64-encoded.
+//! docs/wechat-pay.md §3.2, §3.3, §3.7): SHA256withRSA (RSASSA-PKCS1-v1_5) over
+//! newline-terminated lines, base64-encoded.
 
 use std::collections::HashMap;
 
@@ -20,7 +20,7 @@ pub const SCHEME: &str = "WECHATPAY2-SHA256-RSA2048";
 /// WeChat sends signatures starting with this to check that merchants verify; they must fail.
 pub const SIGNATURE_PROBE_PREFIX: &str = "WECHATPAY/SIGNTEST/";
 
-/// How far a signed timestamp may be from now (WECHAT.md §3.3: five minutes).
+/// How far a signed timestamp may be from now (docs/wechat-pay.md §3.3: five minutes).
 pub const MAX_SKEW_SECS: i64 = 300;
 
 /// Whether a signed timestamp is within the five-minute window around `now`. The difference is

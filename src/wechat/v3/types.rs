@@ -1,4 +1,5 @@
-//! API v3 request and response bodies, with WeChat's field names (WECHAT.md §3.5–§3.10).
+//! API v3 request and response bodies, with WeChat's field names (docs/wechat-pay.md §3.1,
+//! §3.6–§3.10).
 
 use serde::{Deserialize, Serialize};
 
