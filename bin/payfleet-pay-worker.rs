@@ -5,5 +5,6 @@
 async fn main() -> anyhow::Result<()> {
     let settings = payfleet::config::Settings::load()?;
     payfleet::telemetry::init_for(&settings);
-    payfleet::workers::pay::run(settings, payfleet::shutdown::on_signal()).await
+    let stop = payfleet::shutdown::on_signal(settings.shutdown.deadline());
+    payfleet::workers::pay::run(settings, stop).await
 }

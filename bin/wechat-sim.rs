@@ -18,5 +18,5 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cli.sim.listen)
         .await
         .with_context(|| format!("--listen: cannot listen on {}", cli.sim.listen))?;
-    payfleet::sim::run(cli.sim, listener, payfleet::shutdown::on_signal()).await
+    payfleet::sim::run(cli.sim, listener, payfleet::shutdown::on_signal(std::time::Duration::from_secs(25))).await
 }

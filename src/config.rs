@@ -57,6 +57,7 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub wechat: WechatSettings,
     pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
     /// The development secrets file some secrets came from (`DEV_SECRETS_FILE`), if any: said
     /// at start, so nobody mistakes a development fleet for a configured one.
     #[serde(skip)]
@@ -274,6 +275,21 @@ pub struct WechatSettings {
     pub prepay_valid_secs: u64,
 }
 
+/// How a binary stops (`shutdown`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// How long a stop may take, from the first SIGTERM or Ctrl-C, before the binary exits
+    /// without finishing (under the 30 s a container orchestrator usually grants).
+    pub deadline_secs: u64,
+}
+
+impl ShutdownSettings {
+    pub fn deadline(&self) -> Duration {
+        Duration::from_secs(self.deadline_secs)
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
@@ -372,6 +388,9 @@ impl Settings {
         }
         if self.pay.password_checks_per_minute == 0 {
             return bad("pay.password_checks_per_minute", "must be at least 1");
+        }
+        if self.shutdown.deadline_secs == 0 {
+            return bad("shutdown.deadline_secs", "must be at least 1");
         }
         if self.rate_limit.window_secs == 0 {
             return bad("rate_limit.window_secs", "must be at least 1");

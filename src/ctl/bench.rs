@@ -65,6 +65,8 @@ pub async fn run(base: Settings, args: BenchArgs) -> anyhow::Result<()> {
     if args.clients == 0 || args.payments < args.clients {
         bail!("--payments must be at least --clients");
     }
+    // Ctrl-C, SIGTERM and SIGHUP stop the fleet before the benchmark ends.
+    let stop = fleet::stop_signals();
     let database_url = bench_database_url(base.database.url.expose_secret())?;
     let mut overrides = super::demo::throwaway_secrets();
     overrides.extend([
@@ -103,7 +105,10 @@ pub async fn run(base: Settings, args: BenchArgs) -> anyhow::Result<()> {
     let mut pids = fleet.pids(fleet::INGRESS);
     pids.extend(fleet.pids(fleet::PAY_WORKER));
 
-    let result = measure(&admin, &api, &args).await;
+    let result = tokio::select! {
+        result = measure(&admin, &api, &args) => result,
+        _ = stop.cancelled() => Err(anyhow::anyhow!("stopped by a signal")),
+    };
     let peaks = pids.iter().map(|pid| (*pid, peak_rss_kib(*pid))).collect::<Vec<_>>();
     fleet.stop(Duration::from_secs(10)).await;
     let rows = result?;

@@ -139,6 +139,8 @@ fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
 }
 
 pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
+    // Ctrl-C, SIGTERM and SIGHUP (the terminal closed) all stop the fleet before the demo ends.
+    let stop = fleet::stop_signals();
     let secrets = demo_secrets()?;
     let settings = if secrets.is_empty() { settings } else { Settings::load_with(&secrets)? };
 
@@ -149,6 +151,37 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
 
     step(2, "start wechat-sim (WeChat Pay on loopback) and the fleet");
     let mut fleet = Fleet::new(fleet::bin_dir()?, secrets.iter().cloned().collect(), Logs::Prefixed);
+    let played = tokio::select! {
+        played = play(&settings, &mut fleet) => played,
+        _ = stop.cancelled() => Err(anyhow::anyhow!("stopped by a signal before the scenario finished")),
+    };
+    let outcome = match played {
+        Ok((checks, seeded, url)) if args.keep_running && checks.failed.is_empty() => {
+            print_try_lines(&url, &seeded);
+            stop.cancelled().await;
+            println!("\nstopping the fleet…");
+            Ok(checks)
+        }
+        other => other.map(|(checks, ..)| checks),
+    };
+    fleet.stop(Duration::from_secs(10)).await;
+    let checks = outcome?;
+    if checks.failed.is_empty() {
+        println!("\ndemo passed: {} checks", checks.passed);
+        Ok(())
+    } else {
+        bail!(
+            "demo failed: {} of {} checks: {}",
+            checks.failed.len(),
+            checks.failed.len() + checks.passed,
+            checks.failed.join("; ")
+        )
+    }
+}
+
+/// Starts wechat-sim and the fleet, and plays the scenario against them; answers the checks,
+/// what was seeded, and the ingress's URL.
+async fn play(settings: &Settings, fleet: &mut Fleet) -> anyhow::Result<(Checks, Seeded, String)> {
     let sim_dir = std::env::current_dir()?.join("target/wechat-sim");
     let sim_args = ["--listen", "127.0.0.1:0", "--state-dir", &sim_dir.display().to_string()].map(str::to_owned);
     fleet.spawn_with_args(fleet::WECHAT_SIM, &sim_args, &[])?;
@@ -166,29 +199,8 @@ pub async fn run(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
     let api = ApiClient::new(&url);
     api.wait_ready(Duration::from_secs(30)).await.context("waiting for /readyz")?;
     println!("    ingress ready at {url}, wechat-sim at {sim_url}");
-
-    let outcome = match scenario(&settings, &api, &sim_url).await {
-        Ok((checks, seeded)) if args.keep_running && checks.failed.is_empty() => {
-            print_try_lines(&url, &seeded);
-            tokio::signal::ctrl_c().await?;
-            println!("\nstopping the fleet…");
-            Ok(checks)
-        }
-        other => other.map(|(checks, _)| checks),
-    };
-    fleet.stop(Duration::from_secs(10)).await;
-    let checks = outcome?;
-    if checks.failed.is_empty() {
-        println!("\ndemo passed: {} checks", checks.passed);
-        Ok(())
-    } else {
-        bail!(
-            "demo failed: {} of {} checks: {}",
-            checks.failed.len(),
-            checks.failed.len() + checks.passed,
-            checks.failed.join("; ")
-        )
-    }
+    let (checks, seeded) = scenario(settings, &api, &sim_url).await?;
+    Ok((checks, seeded, url))
 }
 
 /// What the scenario seeded, for the curl lines of `--keep-running`.
@@ -379,7 +391,9 @@ async fn wait_outbox_drained(admin: &Admin) -> anyhow::Result<bool> {
 
 fn print_try_lines(url: &str, seeded: &Seeded) {
     let Seeded { user, token, goods } = seeded;
-    println!("\nThe fleet keeps running (Ctrl-C stops it). User {user} has pay password 123456. Try:");
+    println!(
+        "\nThe fleet keeps running (Ctrl-C, SIGTERM or closing the terminal stops it). User {user} has pay password 123456. Try:"
+    );
     println!("  TOKEN={token}");
     println!(
         "  curl -s -X POST {url}/api/v1/orders -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"goods_id\":{goods},\"num\":1}}'"

@@ -41,7 +41,11 @@ impl Logs {
 
     fn write(&self, who: &str, line: &str) {
         match self {
-            Logs::Prefixed => println!("[{who}] {line}"),
+            // A closed stdout (the terminal went away) loses the line, and nothing else.
+            Logs::Prefixed => {
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout().lock(), "[{who}] {line}");
+            }
             Logs::File(file) => {
                 use std::io::Write;
                 let _ = writeln!(file.lock().expect("log file lock"), "[{who}] {line}");
@@ -87,6 +91,7 @@ impl Fleet {
         let mut command = Command::new(&path);
         command.args(args);
         command.envs(&self.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        die_with_parent(&mut command);
         for (k, v) in extra {
             command.env(k, v);
         }
@@ -162,6 +167,29 @@ impl Fleet {
     }
 }
 
+/// A child must not outlive whoever started it, even one killed with SIGKILL (which runs no
+/// clean-up): on Linux the kernel sends the child SIGTERM when its parent dies, and the child
+/// stops as on any SIGTERM (its deadline, `shutdown.deadline_secs`, bounds how long). The kernel
+/// sends it when the *thread* that started the child ends: the fleet is started from the task
+/// the runtime's `block_on` drives, whose thread lives as long as the process (the demo, the
+/// benchmark) or the test.
+fn die_with_parent(command: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: runs in the child between fork and exec, and only makes two system calls
+    // (prctl, getppid), which are async-signal-safe; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            // The parent may have died before the request took effect: then nobody would
+            // send the signal.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("the parent exited while starting this child"));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Copies a child's output to the logs, noting the URL of a "<binary> listening on <url>" line.
 fn forward(
     stream: impl AsyncRead + Unpin + Send + 'static,
@@ -182,6 +210,27 @@ fn forward(
             logs.write(&who, &line);
         }
     });
+}
+
+/// A token cancelled at the first SIGINT, SIGTERM or SIGHUP (the terminal closed): what stops
+/// the demo and the benchmark, which then stop their fleet. Installed at once, so a signal
+/// that comes early is not the default "die and leave the children".
+pub fn stop_signals() -> tokio_util::sync::CancellationToken {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = tokio_util::sync::CancellationToken::new();
+    let trigger = token.clone();
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+        trigger.cancel();
+    });
+    token
 }
 
 /// The directory holding the fleet's binaries: next to the running one. Under `cargo run`

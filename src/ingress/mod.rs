@@ -101,7 +101,7 @@ pub async fn run(settings: Settings, listener: TcpListener, stop: CancellationTo
     let app = router(state, settings.ingress.max_body_bytes);
     let addr = listener.local_addr()?;
     // Tests and `payctl demo` read this line to learn the port.
-    println!("payfleet-ingress listening on http://{addr}");
+    crate::telemetry::announce(format_args!("payfleet-ingress listening on http://{addr}"));
     tracing::info!(%addr, "listening");
     // The peer's address, for the per-address rate limits.
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();

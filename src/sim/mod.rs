@@ -280,12 +280,12 @@ pub async fn run(args: SimArgs, listener: tokio::net::TcpListener, stop: Cancell
         .merge(control::router())
         .with_state(sim.clone());
     let addr = listener.local_addr()?;
-    println!("wechat-sim listening on http://{addr}");
-    println!(
+    crate::telemetry::announce(format_args!("wechat-sim listening on http://{addr}"));
+    crate::telemetry::announce(format_args!(
         "wechat-sim keys in {} (fleet settings: {})",
         sim.keys.dir.display(),
         sim.keys.dir.join("payfleet.env").display()
-    );
+    ));
     tracing::info!(%addr, "wechat-sim listening");
     axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await?;
     Ok(())
