@@ -223,12 +223,21 @@ async fn nothing_outlives_the_demo_killed() {
     nothing_outlives_the_demo(Signal::SIGKILL).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_stopped_in_the_middle_of_a_batch_loses_nothing() {
+/// How a stop is cut short.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum CutShort {
+    /// The stop deadline (one second) passes.
+    Deadline,
+    /// A second SIGTERM comes (the deadline is far).
+    SecondSignal,
+}
+
+async fn a_worker_stopped_in_the_middle_of_a_batch_loses_nothing(cut: CutShort) {
     // Balance payments of two users, each a bcrypt check (cost 15, seconds) slower than the
     // worker's one-second stop deadline, however the deliveries fall into batches.
+    let deadline = if cut == CutShort::Deadline { "1" } else { "60" };
     let env = TestEnv::with(&[
-        ("PAYFLEET__SHUTDOWN__DEADLINE_SECS", "1"),
+        ("PAYFLEET__SHUTDOWN__DEADLINE_SECS", deadline),
         ("PAYFLEET__PAY__BCRYPT_COST", "15"),
         ("PAYFLEET__PAY_WORKER__CONCURRENCY", "1"),
         ("PAYFLEET__INGRESS__REPLY_TIMEOUT_MS", "200"),
@@ -257,8 +266,12 @@ async fn a_worker_stopped_in_the_middle_of_a_batch_loses_nothing() {
     let (mut worker, _, _logs) = start("payfleet-pay-worker", &[], &base, "consuming").await;
     // The worker has taken the batch and is checking passwords when the stop comes.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    if cut == CutShort::SecondSignal {
+        kill(Pid::from_raw(worker.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (code, took) = terminate(&mut worker).await;
-    assert_eq!(code, Some(payfleet::shutdown::CUT_SHORT), "the deadline cut the batch short ({took:?})");
+    assert_eq!(code, Some(payfleet::shutdown::CUT_SHORT), "{cut:?} cut the batch short ({took:?})");
     assert!(took < Duration::from_secs(3), "{took:?}");
 
     // The next worker finds the batch back in the queue and settles each payment once.
@@ -276,4 +289,14 @@ async fn a_worker_stopped_in_the_middle_of_a_batch_loses_nothing() {
     }
     fleet.stop(Duration::from_secs(15)).await;
     env.audit_is_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_short_by_its_stop_deadline_mid_batch_loses_nothing() {
+    a_worker_stopped_in_the_middle_of_a_batch_loses_nothing(CutShort::Deadline).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_short_by_a_second_sigterm_mid_batch_loses_nothing() {
+    a_worker_stopped_in_the_middle_of_a_batch_loses_nothing(CutShort::SecondSignal).await;
 }
