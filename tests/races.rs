@@ -28,6 +28,13 @@ fn integral_payment(user: i64, order_no: &str) -> AssetPayment {
     }
 }
 
+/// A user with this much integral, and an unpaid order of theirs for 10.00.
+async fn a_user_and_an_order(env: &TestEnv, integral: &str) -> (i64, String) {
+    let (user, _) = env.user("0", integral, "0").await;
+    let goods = env.goods("10.00").await;
+    (user, env.orders(user, goods, 1).await.remove(0))
+}
+
 /// Waits until `n` sessions of this test's database wait for a lock.
 async fn until_waiting_on_locks(db: &PgPool, n: i64) {
     eventually(Duration::from_secs(10), "a transaction waits for the held lock", || async {
@@ -54,9 +61,7 @@ async fn order_status(db: &PgPool, order_no: &str) -> (String, Option<String>) {
 async fn a_wechat_create_holding_the_order_keeps_an_asset_payment_started_meanwhile_out() {
     let env = TestEnv::new().await;
     let db = &env.admin.db;
-    let (user, _) = env.user("0", "1000", "0").await;
-    let goods = env.goods("10.00").await;
-    let order = env.orders(user, goods, 1).await.remove(0);
+    let (user, order) = a_user_and_an_order(&env, "1000").await;
 
     // The create's transaction, held open right after it began the WeChat payment.
     let mut create = db.begin().await.unwrap();
@@ -83,9 +88,7 @@ async fn a_wechat_create_holding_the_order_keeps_an_asset_payment_started_meanwh
 async fn an_asset_payment_holding_the_order_keeps_a_wechat_create_started_meanwhile_out() {
     let env = TestEnv::new().await;
     let db = &env.admin.db;
-    let (user, _) = env.user("0", "1000", "0").await;
-    let goods = env.goods("10.00").await;
-    let order = env.orders(user, goods, 1).await.remove(0);
+    let (user, order) = a_user_and_an_order(&env, "1000").await;
 
     // The asset payment's transaction, held open after it paid.
     let mut asset = db.begin().await.unwrap();
@@ -119,9 +122,7 @@ async fn an_asset_payment_holding_the_order_keeps_a_wechat_create_started_meanwh
 async fn a_prepay_for_an_order_that_stopped_waiting_for_it_is_not_kept() {
     let env = TestEnv::new().await;
     let db = &env.admin.db;
-    let (user, _) = env.user("0", "0", "0").await;
-    let goods = env.goods("10.00").await;
-    let order = env.orders(user, goods, 1).await.remove(0);
+    let (user, order) = a_user_and_an_order(&env, "0").await;
     let Begun::Prepay { pay_no, .. } = wechat::begin(db, &create_request(user, &order), V3, VALID).await.unwrap()
     else {
         panic!("a new WeChat payment")
@@ -144,9 +145,7 @@ async fn a_prepay_for_an_order_that_stopped_waiting_for_it_is_not_kept() {
 async fn settling_takes_the_order_before_the_payment_so_it_never_deadlocks_with_the_expiry() {
     let env = TestEnv::new().await;
     let db = &env.admin.db;
-    let (user, _) = env.user("0", "0", "0").await;
-    let goods = env.goods("10.00").await;
-    let order = env.orders(user, goods, 1).await.remove(0);
+    let (user, order) = a_user_and_an_order(&env, "0").await;
     let Begun::Prepay { pay_no, .. } = wechat::begin(db, &create_request(user, &order), V3, VALID).await.unwrap()
     else {
         panic!("a new WeChat payment")
