@@ -79,6 +79,12 @@ pub fn is_development(profile: Option<&str>) -> bool {
     matches!(profile, None | Some("development"))
 }
 
+/// Whether these variables give a secret: `PAYFLEET__…` itself or its `…_FILE`, not empty.
+pub fn gives_secret(env: &std::collections::HashMap<String, String>, var: &str) -> bool {
+    let set = |k: &str| env.get(k).is_some_and(|v| !v.is_empty());
+    set(var) || set(&format!("{var}_FILE"))
+}
+
 /// The `KEY=value` lines of the development secrets file, if it exists.
 pub fn read_dev_secrets(path: &Path) -> Vec<(String, String)> {
     std::fs::read_to_string(path)
@@ -322,8 +328,7 @@ impl Settings {
         let mut from_dev_file = false;
         if is_development(profile.as_deref()) {
             for (key, value) in read_dev_secrets(Path::new(DEV_SECRETS_FILE)) {
-                let given = |k: &str| env.get(k).is_some_and(|v| !v.is_empty());
-                if !given(&key) && !given(&format!("{key}_FILE")) {
+                if !gives_secret(&env, &key) {
                     env.insert(key, value);
                     from_dev_file = true;
                 }

@@ -1,5 +1,6 @@
 //! Redis, the fleet's short-lived state: pay-password attempt counters, SMS codes, notify
-//! nonces, remembered refusals and request rate limits. Only this module talks to Redis; every key carries `redis.key_prefix`.
+//! nonces, remembered refusals and request rate limits. Only this module talks to Redis; every
+//! key carries `redis.key_prefix`.
 
 mod notify_nonce;
 mod password_attempts;

@@ -1,6 +1,5 @@
-//! Single-use keys: the nonces of notifies (a notify replayed with its original nonce is
-//! refused; `wechat::SignedNotify::replay_key`) and the throttle of status-sync queries to
-//! WeChat.
+//! Single-use keys: the replay keys of queued notifies (`wechat::SignedNotify::replay_key`; a
+//! notify seen before is never queued again) and the throttle of status-sync queries to WeChat.
 
 use std::time::Duration;
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::client::{ApiClient, ApiResponse};
 use super::fleet::{self, Fleet, Logs};
 use super::{Admin, declare_topology, migrate};
-use crate::config::{DEV_SECRET_VARS, DEV_SECRETS_FILE, Settings, is_development, read_dev_secrets};
+use crate::config::{DEV_SECRET_VARS, DEV_SECRETS_FILE, Settings, gives_secret, is_development, read_dev_secrets};
 use crate::domain::{GoodsKind, Money};
 use crate::store::users::Balances;
 
@@ -78,10 +78,9 @@ fn made_up(var: &str) -> String {
     (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
 }
 
-/// Whether the environment gives this secret (or its `_FILE`).
+/// Whether the process environment gives this secret.
 fn given(var: &str) -> bool {
-    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
-    set(var) || set(&format!("{var}_FILE"))
+    gives_secret(&std::env::vars().collect(), var)
 }
 
 /// Made-up secrets for the ones the environment does not give, for one run (the benchmark).

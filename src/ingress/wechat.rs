@@ -174,7 +174,7 @@ fn notify_answer(xml: bool, status: StatusCode, code: &str, message: &str) -> Re
 /// POST /api/v1/payment/wechat/notify. Anything that fails before the broker confirmed the
 /// report answers failure, so WeChat sends the notify again.
 async fn notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let xml = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<');
+    let xml = SignedNotify::is_xml(&body);
     let Some(wechat) = &app.wechat else {
         tracing::error!("a WeChat notify arrived but WeChat Pay is not configured");
         return notify_answer(xml, StatusCode::SERVICE_UNAVAILABLE, "FAIL", "WeChat Pay is not configured");

@@ -56,6 +56,23 @@ impl OrderRow {
         }
     }
 
+    /// Refuses a change of state the order's life does not have (`OrderStatus::can_become`),
+    /// before it is written: the callers decide under the order's lock, and a wrong decision
+    /// must roll back rather than commit.
+    pub fn check_becomes(&self, next: OrderStatus) -> Result<(), sqlx::Error> {
+        let now = self.status();
+        if now.can_become(next) {
+            Ok(())
+        } else {
+            Err(sqlx::Error::Protocol(format!(
+                "order {} cannot go from {} to {}",
+                self.order_no,
+                now.as_str(),
+                next.as_str()
+            )))
+        }
+    }
+
     /// Whether the order waits for exactly this payment.
     pub fn is_paying_with(&self, pay_no: &str) -> bool {
         self.status() == OrderStatus::Paying && self.paying_pay_no.as_deref() == Some(pay_no)

@@ -117,6 +117,7 @@ pub async fn begin_in(
     let refuse = |code, message: &str| Ok(Begun::Refused(Refusal::new(code, message)));
     let existing = match existing {
         None => {
+            order.check_becomes(OrderStatus::Paying)?;
             let (pay_no, description): (String, String) = sqlx::query_as(
                 "WITH p AS (
                      INSERT INTO payments (pay_no, order_no, user_id, method, amount, asset_amount, status, request_id,
@@ -309,6 +310,7 @@ pub async fn expire(pool: &PgPool, order_no: &str, checked: Option<&str>) -> Res
         OrderStatus::Paying => return Ok(Expiry::Unchecked),
         OrderStatus::Paid | OrderStatus::Closed => return Ok(Expiry::Unchanged),
     };
+    order.check_becomes(OrderStatus::Closed)?;
     sqlx::query("UPDATE orders SET status = 'CLOSED', paying_pay_no = NULL, pay_type = NULL WHERE order_no = $1")
         .bind(order_no)
         .execute(&mut *tx)
@@ -503,6 +505,7 @@ async fn apply_trade(
                 };
                 alert(tx, kind, Some(order_no), Some(pay_no), detail).await?;
             }
+            order.check_becomes(OrderStatus::Paid)?;
             sqlx::query(
                 "UPDATE orders SET status = 'PAID', pay_type = 'wechat', pay_no = $2, paid_at = $3, paying_pay_no = NULL
                  WHERE order_no = $1",
@@ -547,7 +550,7 @@ async fn apply_trade(
             .execute(&mut *tx)
             .await?;
             if waited_for {
-                reopen(tx, order_no).await?;
+                reopen(tx, order).await?;
             }
             Ok(Settlement::Alert(format!(
                 "refunded_unsettled: WeChat reports {pay_no} paid and refunded before it settled here; the order stays unpaid"
@@ -564,7 +567,7 @@ async fn apply_trade(
             .execute(&mut *tx)
             .await?;
             if waited_for {
-                reopen(tx, order_no).await?;
+                reopen(tx, order).await?;
             }
             Ok(Settlement::RecordedFailure)
         }
@@ -574,14 +577,13 @@ async fn apply_trade(
 
 /// PAYING → UNPAID: the payment it waited for is over without the money, so any method may
 /// pay the order again.
-async fn reopen(tx: &mut PgConnection, order_no: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE orders SET status = 'UNPAID', paying_pay_no = NULL, pay_type = NULL WHERE order_no = $1 AND status = 'PAYING'",
-    )
-    .bind(order_no)
-    .execute(tx)
-    .await
-    .map(drop)
+async fn reopen(tx: &mut PgConnection, order: &OrderRow) -> Result<(), sqlx::Error> {
+    order.check_becomes(OrderStatus::Unpaid)?;
+    sqlx::query("UPDATE orders SET status = 'UNPAID', paying_pay_no = NULL, pay_type = NULL WHERE order_no = $1")
+        .bind(&order.order_no)
+        .execute(tx)
+        .await
+        .map(drop)
 }
 
 /// Keeps every report that reached the notify-worker, with what it made of it.

@@ -30,10 +30,15 @@ pub enum SignedNotify {
 }
 
 impl SignedNotify {
+    /// Whether a notify body is XML (v2) rather than JSON (v3).
+    pub fn is_xml(body: &[u8]) -> bool {
+        body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'<')
+    }
+
     /// A notify as received over HTTP: XML is v2, anything else v3. WeChat's bodies are UTF-8.
     pub fn received(headers: SignedHeaders, body: &[u8]) -> Result<SignedNotify, VerifyError> {
         let text = std::str::from_utf8(body).map_err(|_| VerifyError::BadSignature)?.to_owned();
-        Ok(if text.trim_start().starts_with('<') {
+        Ok(if SignedNotify::is_xml(body) {
             SignedNotify::V2 { body: text }
         } else {
             SignedNotify::V3 { headers, body: text }
