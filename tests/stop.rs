@@ -141,6 +141,10 @@ async fn demo(env: &TestEnv, dir: &std::path::Path) -> (Child, mpsc::UnboundedRe
     let mut child = Command::new(binary("payctl"))
         .args(["demo", "--keep-running"])
         .current_dir(dir)
+        // Run under cargo, the demo would first `cargo build --bins`: on a fresh clone a rebuild
+        // with other features that outlasts this test's patience. The binaries are built.
+        .env_remove("CARGO")
+        .env_remove("CARGO_MANIFEST_DIR")
         .env("PAYFLEET_CONFIG_DIR", common::config_dir())
         .envs(&env.env)
         .stdin(Stdio::null())
