@@ -2,7 +2,7 @@
 //! with two connections: one transaction held open at the point of the race while the other
 //! starts and waits on it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! - concurrent payments of one order deduct once;
 //! - concurrent payments of different orders by one user never overdraw.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

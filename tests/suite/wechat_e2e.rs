@@ -2,7 +2,7 @@
 //! notify-worker, wechat-sim), paying through HTTP, WeChat notifying — genuinely, twice, late,
 //! never, with the wrong amount, forged — and orders running out of pay time.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! End to end: the real `payfleet-ingress` and `payfleet-pay-worker` binaries, paying through
 //! HTTP, being killed, scaled, and misconfigured.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,7 +1,7 @@
 //! Paying through the HTTP API with the ingress and pay-worker running in-process against the
 //! real PostgreSQL, RabbitMQ and Redis.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The WeChat clients (v2 and v3) against wechat-sim: requests signed and verified both ways,
 //! prepay, query, close, pay params, and notifies that verify — or, forged, do not.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

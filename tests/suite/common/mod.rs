@@ -1,6 +1,5 @@
 //! Test harness: every test gets its own database, queue namespace and Redis prefix on the real
 //! services, removed when the test ends (also when it fails), so tests run in parallel.
-#![allow(dead_code)]
 
 pub mod cutter;
 pub mod sim;

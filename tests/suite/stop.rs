@@ -2,7 +2,7 @@
 //! and stop on SIGTERM; the demo's children never outlive it, however it ends; a worker stopped
 //! in the middle of a batch loses nothing.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The consumer framework against the real broker: batches, replies, delayed retries with an
 //! attempt count, dead-lettering with a reason, and holding messages through an outage.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,7 @@
 //! test cuts): the fleet reports not-ready, loses nothing, charges nothing twice, and resumes by
 //! itself.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! ours, for our merchant and the order's amount, settles; once; a failed attempt leaves the
 //! payment payable; a closed trade closes it.
 
-mod common;
+use crate::common;
 
 use common::trades::{APPID, MCHID, V3, create_request, report};
 use common::{TestEnv, m};

@@ -11,7 +11,7 @@ use super::m;
 pub const APPID: &str = "wxd930ea5d5a258f4f";
 pub const MCHID: &str = "1900000109";
 
-pub const V3: ChannelVersion = ChannelVersion { api_version: "v3", sign_type: None };
+pub const V3: ChannelVersion = ChannelVersion { api_version: payfleet::config::WechatApiVersion::V3, sign_type: None };
 
 /// A JSAPI create of a 10.00 order.
 pub fn create_request(user: i64, order_no: &str) -> WechatCreateRequested {
