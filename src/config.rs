@@ -243,6 +243,20 @@ pub enum WechatApiVersion {
     V3,
 }
 
+impl WechatApiVersion {
+    /// As in `wechat.api_version` and `payments.api_version`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WechatApiVersion::V2 => "v2",
+            WechatApiVersion::V3 => "v3",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WechatApiVersion> {
+        [WechatApiVersion::V2, WechatApiVersion::V3].into_iter().find(|v| v.as_str() == s)
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WechatSettings {

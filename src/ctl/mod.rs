@@ -17,7 +17,7 @@ use crate::auth::TokenKeys;
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::domain::{GoodsKind, Money};
-use crate::mq::topology::Topology;
+use crate::mq::topology::{QUEUES, Topology};
 use crate::password::{PasswordHasher, is_well_formed};
 use crate::store::users::Balances;
 
@@ -33,7 +33,11 @@ pub enum Command {
     /// Create the database if needed and apply the migrations.
     Migrate,
     /// Declare every queue (idempotent) and print each queue's depth and consumers.
-    Topology,
+    Topology {
+        /// Print the table of work queues (the README's) instead, touching no broker.
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Users: `user create --money 100.00 --integral 1000 --money2 20.00 [--pay-password 123456]`.
     User {
         #[command(subcommand)]
@@ -105,7 +109,8 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             migrate(&settings).await?;
             println!("migrations applied");
         }
-        Command::Topology => {
+        Command::Topology { markdown: true } => print!("{}", crate::mq::topology::markdown_table()),
+        Command::Topology { markdown: false } => {
             declare_topology(&settings).await?;
             println!("topology declared\n");
             print_depths(&settings).await?;
@@ -172,7 +177,7 @@ async fn print_depths(settings: &Settings) -> anyhow::Result<()> {
     crate::mq::close(&conn, &channel).await;
     println!("{:<48} {:>9} {:>9}", "queue", "messages", "consumers");
     for q in depths? {
-        let idle = crate::mq::topology::WITHOUT_CONSUMER.iter().any(|base| q.name == topology.queue(base));
+        let idle = QUEUES.iter().any(|spec| spec.consumers.is_empty() && q.name == topology.queue(spec.name));
         let note = if idle { "  (no consumer in this version: its messages wait)" } else { "" };
         println!("{:<48} {:>9} {:>9}{note}", q.name, q.messages, q.consumers);
     }

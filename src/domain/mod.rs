@@ -9,4 +9,4 @@ pub mod payment;
 pub use code::Code;
 pub use money::{Money, MoneyError};
 pub use order::{GoodsKind, OrderStatus};
-pub use payment::{Asset, PayMethod};
+pub use payment::{Asset, PayMethod, PaymentStatus};

@@ -21,6 +21,52 @@ pub enum Asset {
     Money2,
 }
 
+/// A payment's state, in `payments.status`.
+///
+/// ```text
+///   asset payment ──────────────────────────────► SUCCESS
+///   channel payment ─► PAYING ─the channel reports it paid─► SUCCESS
+///                        │  └──closed unpaid──► CLOSED ──paid anyway──► SUCCESS
+///                        └──paid and refunded before it settled here──► REFUNDED
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PaymentStatus {
+    /// Waiting for the payer at the channel.
+    Paying,
+    Success,
+    /// The channel refused it for good (kept for rows of older versions).
+    Failed,
+    /// Closed unpaid: the order's pay time ran out, or the order was paid another way.
+    Closed,
+    /// Paid and given back.
+    Refunded,
+}
+
+impl PaymentStatus {
+    pub const ALL: [PaymentStatus; 5] = [
+        PaymentStatus::Paying,
+        PaymentStatus::Success,
+        PaymentStatus::Failed,
+        PaymentStatus::Closed,
+        PaymentStatus::Refunded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Paying => "PAYING",
+            PaymentStatus::Success => "SUCCESS",
+            PaymentStatus::Failed => "FAILED",
+            PaymentStatus::Closed => "CLOSED",
+            PaymentStatus::Refunded => "REFUNDED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PaymentStatus> {
+        PaymentStatus::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+}
+
 impl PayMethod {
     /// The name stored in `payments.method` and shown in `payment_details`.
     pub fn as_str(self) -> &'static str {

@@ -17,12 +17,11 @@ use super::extract::{AuthUser, Json};
 use super::limits::{self, ClientIp, Kind};
 use super::{ApiError, AppState, RequestId, Result, error::ok};
 use crate::domain::payment::Receipt;
-use crate::domain::{Code, Money, MoneyError, OrderStatus, PayMethod};
+use crate::domain::{Code, Money, MoneyError, OrderStatus, PayMethod, PaymentStatus};
 use crate::mq::MqError;
 use crate::mq::envelope::traceparent_for;
 use crate::mq::messages::{AssetPayRequested, PayReplied, PayRequested};
 use crate::mq::rpc::{Called, Outgoing};
-use crate::mq::topology::PAY_REQUESTS;
 use crate::password::SealedFor;
 
 #[derive(Deserialize)]
@@ -145,13 +144,8 @@ pub(super) async fn call_pay_worker(
 ) -> Result<Option<PayReplied>> {
     let body = serde_json::to_vec(request).map_err(|e| ApiError::internal(&e))?;
     let message_id = request_id.to_string();
-    let out = Outgoing {
-        queue: PAY_REQUESTS,
-        message_id: &message_id,
-        kind: "pay_requested",
-        traceparent: &traceparent_for(request_id),
-        body: &body,
-    };
+    let traceparent = traceparent_for(request_id);
+    let out = Outgoing::event::<PayRequested>(&message_id, &traceparent, &body);
     match app.rpc.call(&out, app.reply_timeout).await {
         Ok(Called::Replied(reply)) => match serde_json::from_slice::<PayReplied>(&reply) {
             Ok(reply) => Ok(Some(reply)),
@@ -235,7 +229,7 @@ async fn status(
     let transaction_id = order
         .payments
         .iter()
-        .find(|p| p.status == "SUCCESS" && order.pay_method == Some(p.method))
+        .find(|p| p.status == PaymentStatus::Success && order.pay_method == Some(p.method))
         .and_then(|p| p.third_party_no.clone());
     // Why an unpaid order is still unpaid, when a pay request of this user was refused (a
     // request answered 202 never saw its refusal). Best effort: Redis being away hides it.

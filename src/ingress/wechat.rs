@@ -20,10 +20,9 @@ use super::payment::{call_pay_worker, check_order_no, payment_amount, processing
 use super::{ApiError, AppState, RequestId, Result, error::ok};
 use crate::channel::TradeType;
 use crate::config::WechatApiVersion;
-use crate::domain::{Code, OrderStatus};
+use crate::domain::{Code, OrderStatus, PaymentStatus};
 use crate::mq::messages::{PayReplied, PayRequested, TradeReported, TradeSource, WechatCreateRequested};
 use crate::mq::rpc::Outgoing;
-use crate::mq::topology::WECHAT_NOTIFY;
 use crate::wechat::v3::crypto::SignedHeaders;
 use crate::wechat::{Notified, SignedNotify};
 
@@ -244,13 +243,8 @@ async fn notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
     };
     let payload = serde_json::to_vec(&report).expect("a report serialises");
     let message_id = uuid::Uuid::now_v7();
-    let out = Outgoing {
-        queue: WECHAT_NOTIFY,
-        message_id: &message_id.to_string(),
-        kind: "trade_reported",
-        traceparent: &crate::mq::envelope::traceparent_for(message_id),
-        body: &payload,
-    };
+    let (id, traceparent) = (message_id.to_string(), crate::mq::envelope::traceparent_for(message_id));
+    let out = Outgoing::event::<TradeReported>(&id, &traceparent, &payload);
     match app.rpc.publish(&out).await {
         Ok(()) => {
             tracing::info!(notify_id = %verified.id, out_trade_no = %verified.trade.out_trade_no, "WeChat notify accepted");
@@ -274,7 +268,7 @@ async fn notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
 pub(super) async fn sync_status(app: &AppState, order_no: &str) {
     let Some(wechat) = &app.wechat else { return };
     let payment = match crate::store::wechat::find(&app.db, order_no).await {
-        Ok(Some(p)) if p.status == "PAYING" && p.age >= app.wechat_query_after => p,
+        Ok(Some(p)) if p.status == PaymentStatus::Paying && p.age >= app.wechat_query_after => p,
         Ok(_) => return,
         Err(e) => return tracing::warn!(error = %e, order_no, "status sync cannot read the payment"),
     };

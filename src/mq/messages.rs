@@ -6,12 +6,42 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::topology;
 use crate::channel::{Trade, TradeType};
 use crate::domain::payment::{Receipt, Refusal};
 use crate::domain::{GoodsKind, Money, PayMethod};
 
 /// Bumped when a message body changes incompatibly; consumers refuse versions they do not know.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// A message published to a work queue: the queue it goes to and its kind (the AMQP `type`,
+/// the outbox row's `kind`) belong to its type, so no call site names either.
+pub trait Event: Serialize {
+    /// The work queue's base name (`mq::topology`).
+    const QUEUE: &'static str;
+    const KIND: &'static str;
+}
+
+impl Event for PayRequested {
+    const QUEUE: &'static str = topology::PAY_REQUESTS;
+    const KIND: &'static str = "pay_requested";
+}
+
+impl Event for TradeReported {
+    const QUEUE: &'static str = topology::WECHAT_NOTIFY;
+    const KIND: &'static str = "trade_reported";
+}
+
+/// Published into the wait queue, with the order's pay time as its TTL.
+impl Event for PayTimeoutDue {
+    const QUEUE: &'static str = topology::PAY_TIMEOUT_WAIT;
+    const KIND: &'static str = "pay_timeout_due";
+}
+
+impl Event for OrderPaid {
+    const QUEUE: &'static str = topology::ORDER_FOLLOWUP;
+    const KIND: &'static str = "order_paid";
+}
 
 /// A user asked to pay: published by the ingress to `pay.requests`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

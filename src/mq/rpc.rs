@@ -16,6 +16,7 @@ use lapin::types::FieldTable;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::messages::Event;
 use super::publisher::Publisher;
 use super::topology::{REPLY_TO, Topology};
 use super::{MqError, connect_with_backoff, envelope, reconnect_backoff};
@@ -40,6 +41,13 @@ pub struct Outgoing<'a> {
     pub kind: &'a str,
     pub traceparent: &'a str,
     pub body: &'a [u8],
+}
+
+impl<'a> Outgoing<'a> {
+    /// A message carrying an event: its queue and kind are the event type's.
+    pub fn event<E: Event>(message_id: &'a str, traceparent: &'a str, body: &'a [u8]) -> Outgoing<'a> {
+        Outgoing { queue: E::QUEUE, message_id, kind: E::KIND, traceparent, body }
+    }
 }
 
 /// A handle to the ingress's broker session; cheap to clone.

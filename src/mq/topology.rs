@@ -29,9 +29,92 @@ pub const PAY_TIMEOUT: &str = "pay.timeout";
 /// Where expiry checks wait (per-message TTL = the order's pay time) before `pay.timeout`.
 pub const PAY_TIMEOUT_WAIT: &str = "pay.timeout.wait";
 
-/// Every work queue of the fleet.
-pub const WORK_QUEUES: [&str; 6] =
-    [PAY_REQUESTS, WECHAT_NOTIFY, ORDER_FOLLOWUP, ORDER_NOTIFY, SHIPPING_NOTICE, PAY_TIMEOUT];
+/// Which delay tiers a queue's transient failures wait through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// `broker.retry_delays_ms`: seconds to minutes, for work of our own that a short outage
+    /// held up.
+    Short,
+    /// `broker.notice_retry_delays_ms`: WeChat's own schedule, up to hours, for work that must
+    /// outlast an outage of someone else's (a business notify_url, WeChat itself).
+    Long,
+}
+
+/// One work queue of the fleet. Everything about the queues (what is declared, retried,
+/// checked, listed by `payctl topology`, and the README's table) is derived from `QUEUES`.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueSpec {
+    /// The base name; the namespace is prefixed.
+    pub name: &'static str,
+    /// What a message on it says, for operators.
+    pub carries: &'static str,
+    /// Who publishes to it.
+    pub from: &'static str,
+    pub retry: Retry,
+    /// A queue messages wait in first (their per-message TTL) before they enter this one.
+    pub waits_in: Option<&'static str>,
+    /// The binaries that consume it; none yet means its messages wait for a later version.
+    pub consumers: &'static [&'static str],
+}
+
+/// Every work queue: one row each. Each also has a `<name>.dlq` and one TTL queue per delay
+/// tier of its retry schedule.
+pub const QUEUES: [QueueSpec; 6] = [
+    QueueSpec {
+        name: PAY_REQUESTS,
+        carries: "a user asked to pay (asset pay, WeChat create)",
+        from: "payfleet-ingress",
+        retry: Retry::Short,
+        waits_in: None,
+        consumers: &["payfleet-pay-worker"],
+    },
+    QueueSpec {
+        name: WECHAT_NOTIFY,
+        carries: "WeChat reported a trade (a verified notify, or our own query)",
+        from: "payfleet-ingress, outbox",
+        retry: Retry::Short,
+        waits_in: None,
+        consumers: &["payfleet-notify-worker"],
+    },
+    QueueSpec {
+        name: PAY_TIMEOUT,
+        carries: "an order's pay time ran out: close it unless WeChat took the money",
+        from: "outbox, when the order is created",
+        // Expiry checks must outlast a WeChat outage.
+        retry: Retry::Long,
+        waits_in: Some(PAY_TIMEOUT_WAIT),
+        consumers: &["payfleet-pay-worker"],
+    },
+    QueueSpec {
+        name: ORDER_FOLLOWUP,
+        carries: "an order was paid: draws, recharge credit, shipping fee",
+        from: "outbox",
+        retry: Retry::Short,
+        waits_in: None,
+        consumers: &[],
+    },
+    QueueSpec {
+        name: ORDER_NOTIFY,
+        carries: "an OrderNotify callback to a business notify_url",
+        from: "outbox",
+        retry: Retry::Long,
+        waits_in: None,
+        consumers: &[],
+    },
+    QueueSpec {
+        name: SHIPPING_NOTICE,
+        carries: "a shipping notice to upload to WeChat",
+        from: "outbox",
+        retry: Retry::Long,
+        waits_in: None,
+        consumers: &[],
+    },
+];
+
+/// The spec of a work queue named by its base name.
+pub fn spec(base: &str) -> Option<&'static QueueSpec> {
+    QUEUES.iter().find(|q| q.name == base)
+}
 
 /// RabbitMQ's direct reply-to pseudo-queue.
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -62,10 +145,6 @@ impl Topology {
         }
     }
 
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
     /// The full name of a work queue.
     pub fn queue(&self, base: &str) -> String {
         format!("{}{base}", self.namespace)
@@ -76,14 +155,12 @@ impl Topology {
         format!("{}{base}.dlq", self.namespace)
     }
 
-    /// The retry schedule of a work queue.
+    /// The retry schedule of a work queue (none for a name not in `QUEUES`).
     fn schedule(&self, base: &str) -> &[u64] {
-        // Outgoing notices, and expiry checks (which must outlast a WeChat outage), retry on
-        // WeChat's long schedule.
-        if base == ORDER_NOTIFY || base == SHIPPING_NOTICE || base == PAY_TIMEOUT {
-            &self.notice_retry_delays_ms
-        } else {
-            &self.retry_delays_ms
+        match spec(base).map(|q| q.retry) {
+            Some(Retry::Short) => &self.retry_delays_ms,
+            Some(Retry::Long) => &self.notice_retry_delays_ms,
+            None => &[],
         }
     }
 
@@ -105,16 +182,14 @@ impl Topology {
         tiers
     }
 
-    /// Every queue name of this fleet, DLQs and delay tiers included.
+    /// Every queue name of this fleet, DLQs, wait queues and delay tiers included.
     pub fn all_queues(&self) -> Vec<String> {
-        WORK_QUEUES
+        QUEUES
             .iter()
-            .flat_map(|base| {
-                let mut names = vec![self.queue(base), self.dlq(base)];
-                if *base == PAY_TIMEOUT {
-                    names.push(self.queue(PAY_TIMEOUT_WAIT));
-                }
-                names.extend(self.retry_tiers(base).into_iter().map(|d| self.retry_queue(base, d)));
+            .flat_map(|q| {
+                let mut names = vec![self.queue(q.name), self.dlq(q.name)];
+                names.extend(q.waits_in.map(|wait| self.queue(wait)));
+                names.extend(self.retry_tiers(q.name).into_iter().map(|d| self.retry_queue(q.name, d)));
                 names
             })
             .collect()
@@ -139,23 +214,23 @@ impl Topology {
 
     /// Declares every queue. Safe to repeat; fails if a queue exists with other arguments.
     pub async fn declare(&self, channel: &Channel) -> Result<(), MqError> {
-        for base in WORK_QUEUES {
-            let dlq = self.dlq(base);
+        for q in &QUEUES {
+            let dlq = self.dlq(q.name);
             declare(channel, &dlq, quorum()).await?;
             let mut work = quorum();
             work.insert("x-delivery-limit".into(), AMQPValue::LongInt(self.delivery_limit as i32));
             dead_letter_to(&mut work, &dlq);
-            declare(channel, &self.queue(base), work).await?;
-            if base == PAY_TIMEOUT {
-                let mut wait = quorum();
-                dead_letter_to(&mut wait, &self.queue(PAY_TIMEOUT));
-                declare(channel, &self.queue(PAY_TIMEOUT_WAIT), wait).await?;
+            declare(channel, &self.queue(q.name), work).await?;
+            if let Some(wait) = q.waits_in {
+                let mut args = quorum();
+                dead_letter_to(&mut args, &self.queue(q.name));
+                declare(channel, &self.queue(wait), args).await?;
             }
-            for delay in self.retry_tiers(base) {
+            for delay in self.retry_tiers(q.name) {
                 let mut tier = quorum();
                 tier.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay as i64));
-                dead_letter_to(&mut tier, &self.queue(base));
-                declare(channel, &self.retry_queue(base, delay), tier).await?;
+                dead_letter_to(&mut tier, &self.queue(q.name));
+                declare(channel, &self.retry_queue(q.name, delay), tier).await?;
             }
         }
         Ok(())
@@ -190,9 +265,24 @@ pub struct QueueDepth {
     pub consumers: u32,
 }
 
-/// Work queues no binary of this version consumes: their messages wait for the workers of
-/// later versions (README, "Queues").
-pub const WITHOUT_CONSUMER: [&str; 3] = [ORDER_FOLLOWUP, ORDER_NOTIFY, SHIPPING_NOTICE];
+/// The README's queue table (between its `queues` markers), from `QUEUES`.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| queue | carries | from | consumed by | retries |\n|---|---|---|---|---|\n");
+    for q in &QUEUES {
+        let consumers = if q.consumers.is_empty() {
+            "nothing yet: its messages wait".to_owned()
+        } else {
+            q.consumers.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+        };
+        let retry = match q.retry {
+            Retry::Short => "`broker.retry_delays_ms`",
+            Retry::Long => "`broker.notice_retry_delays_ms`",
+        };
+        let waits = q.waits_in.map(|w| format!(" (waits in `{w}` first)")).unwrap_or_default();
+        out.push_str(&format!("| `{}`{waits} | {} | {} | {consumers} | {retry} |\n", q.name, q.carries, q.from));
+    }
+    out
+}
 
 fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
@@ -253,5 +343,26 @@ mod tests {
         assert_eq!(delay_label(180_000), "3m");
         assert_eq!(delay_label(750), "750ms");
         assert_eq!(delay_label(7_200_000), "2h");
+    }
+
+    #[test]
+    fn the_readme_shows_the_queue_table() {
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split_once("<!-- queues:begin -->\n")
+            .and_then(|(_, rest)| rest.split_once("<!-- queues:end -->"))
+            .map(|(table, _)| table)
+            .expect("README.md has the queues markers");
+        assert_eq!(table, markdown_table(), "regenerate it with `payctl topology --markdown`");
+    }
+
+    #[test]
+    fn every_queue_is_consumed_by_a_binary_of_the_fleet() {
+        let manifest = include_str!("../../Cargo.toml");
+        for q in &QUEUES {
+            for consumer in q.consumers {
+                assert!(manifest.contains(&format!("name = \"{consumer}\"")), "{consumer} of {} is a binary", q.name);
+            }
+        }
     }
 }

@@ -24,7 +24,7 @@ pub async fn entries(pool: &PgPool, user_id: i64) -> Result<Vec<Entry>, sqlx::Er
 }
 
 /// What the ledger and the accounts say about each other.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Audit {
     /// Ledger rows whose balance_after is not the previous row's plus the change.
     pub broken_chains: i64,
@@ -45,7 +45,7 @@ impl Audit {
 /// Checks the whole database: every ledger chain, every account against its last ledger row,
 /// every payment against profit_pay, every paid order against its payment.
 pub async fn audit(pool: &PgPool) -> Result<Audit, sqlx::Error> {
-    let (broken_chains, mismatched_accounts, unrecorded_payments, orders_without_payment) = sqlx::query_as(
+    sqlx::query_as(
         "WITH chain AS (
              SELECT balance_after, change,
                     lag(balance_after) OVER (PARTITION BY user_id, asset ORDER BY id) AS before
@@ -55,20 +55,20 @@ pub async fn audit(pool: &PgPool) -> Result<Audit, sqlx::Error> {
              FROM asset_ledger ORDER BY user_id, asset, id DESC
          )
          SELECT
-           (SELECT count(*) FROM chain WHERE before IS NOT NULL AND before + change <> balance_after),
+           (SELECT count(*) FROM chain WHERE before IS NOT NULL AND before + change <> balance_after) AS broken_chains,
            (SELECT count(*) FROM last JOIN users u ON u.id = last.user_id
              WHERE last.balance_after <> CASE last.asset WHEN 'money' THEN u.money
                                                          WHEN 'integral' THEN u.integral
-                                                         ELSE u.money2 END),
+                                                         ELSE u.money2 END) AS mismatched_accounts,
            (SELECT count(*) FROM payments p FULL JOIN profit_pay pp ON pp.pay_no = p.pay_no
              WHERE (p.status = 'SUCCESS' OR p.pay_no IS NULL)
                AND (pp.pay_no IS NULL OR p.pay_no IS NULL OR pp.order_no <> p.order_no
                     OR pp.change_money <> -p.amount OR pp.pay_type <> CASE p.method WHEN 'wechat' THEN 1
-                        WHEN 'balance' THEN 2 WHEN 'integral' THEN 3 ELSE 4 END)),
+                        WHEN 'balance' THEN 2 WHEN 'integral' THEN 3 ELSE 4 END)) AS unrecorded_payments,
            (SELECT count(*) FROM orders o WHERE o.status = 'PAID'
-             AND (SELECT count(*) FROM payments p WHERE p.order_no = o.order_no AND p.status = 'SUCCESS') <> 1)",
+             AND (SELECT count(*) FROM payments p WHERE p.order_no = o.order_no AND p.status = 'SUCCESS') <> 1)
+             AS orders_without_payment",
     )
     .fetch_one(pool)
-    .await?;
-    Ok(Audit { broken_chains, mismatched_accounts, unrecorded_payments, orders_without_payment })
+    .await
 }

@@ -1,6 +1,7 @@
 //! PostgreSQL: the pool, the migrations, and every SQL statement of the fleet, one file per
 //! table group. Only this module writes SQL.
 
+mod codec;
 pub mod goods;
 pub mod ledger;
 pub mod orders;

@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 
+use super::outbox::{self, Outgoing};
 use crate::domain::order::OrderFacts;
-use crate::domain::{GoodsKind, Money, OrderStatus, PayMethod};
+use crate::domain::{GoodsKind, Money, OrderStatus, PayMethod, PaymentStatus};
+use crate::mq::messages::PayTimeoutDue;
 
 /// An order as the pay paths read it (`lock`, `read`).
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -16,10 +17,10 @@ pub struct OrderRow {
     pub order_no: String,
     pub user_id: i64,
     pub goods_id: i64,
-    kind: String,
+    pub kind: GoodsKind,
     pub num: i32,
-    amount: Decimal,
-    status: String,
+    pub amount: Money,
+    pub status: OrderStatus,
     /// PAID: the payment that settled it.
     pub pay_no: Option<String>,
     /// PAYING: the payment it waits for.
@@ -33,24 +34,12 @@ pub struct OrderRow {
 }
 
 impl OrderRow {
-    pub fn status(&self) -> OrderStatus {
-        OrderStatus::parse(&self.status).expect("orders.status CHECK")
-    }
-
-    pub fn amount(&self) -> Money {
-        Money::from_decimal(self.amount).expect("orders.amount is NUMERIC(12,2) > 0")
-    }
-
-    pub fn kind(&self) -> GoodsKind {
-        GoodsKind::parse(&self.kind).expect("orders.kind comes from goods.kind")
-    }
-
     /// What `domain::order::check_payable` decides on.
     pub fn facts(&self) -> OrderFacts<'_> {
         OrderFacts {
             user_id: self.user_id,
-            status: self.status(),
-            amount: self.amount(),
+            status: self.status,
+            amount: self.amount,
             expired: self.expired,
             pay_no: self.pay_no.as_deref(),
         }
@@ -60,7 +49,7 @@ impl OrderRow {
     /// before it is written: the callers decide under the order's lock, and a wrong decision
     /// must roll back rather than commit.
     pub fn check_becomes(&self, next: OrderStatus) -> Result<(), sqlx::Error> {
-        let now = self.status();
+        let now = self.status;
         if now.can_become(next) {
             Ok(())
         } else {
@@ -75,7 +64,7 @@ impl OrderRow {
 
     /// Whether the order waits for exactly this payment.
     pub fn is_paying_with(&self, pay_no: &str) -> bool {
-        self.status() == OrderStatus::Paying && self.paying_pay_no.as_deref() == Some(pay_no)
+        self.status == OrderStatus::Paying && self.paying_pay_no.as_deref() == Some(pay_no)
     }
 }
 
@@ -119,7 +108,7 @@ pub async fn read(pool: &PgPool, order_nos: &[&str]) -> Result<Vec<SeenOrder>, s
 }
 
 /// A freshly created order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct NewOrder {
     pub order_no: String,
     pub amount: Money,
@@ -152,88 +141,68 @@ pub async fn create_order(
 ) -> Result<NewOrder, CreateOrderError> {
     // The order and its expiry check, together: the check waits in pay.timeout.wait for the
     // order's pay time, then closes it if it is still unpaid.
-    let row: Result<Option<(String, Decimal, OffsetDateTime)>, sqlx::Error> = sqlx::query_as(
-        "WITH o AS (
-             INSERT INTO orders (order_no, user_id, goods_id, kind, num, amount, expires_at)
-             SELECT 'ORD' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD') || lpad(nextval('order_no_seq')::text, 10, '0'),
-                    $1, g.id, g.kind, $3, g.price * $3, now() + make_interval(secs => $4)
-             FROM goods g WHERE g.id = $2
-             RETURNING order_no, amount, expires_at
-         ), check_due AS (
-             INSERT INTO outbox (message_id, queue, kind, payload, delay_ms)
-             SELECT gen_random_uuid(), $5, 'pay_timeout_due', jsonb_build_object('order_no', o.order_no), $6 FROM o
-         )
-         SELECT order_no, amount, expires_at FROM o",
+    let mut tx = pool.begin().await?;
+    let created: Result<Option<NewOrder>, sqlx::Error> = sqlx::query_as(
+        "INSERT INTO orders (order_no, user_id, goods_id, kind, num, amount, expires_at)
+         SELECT 'ORD' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD') || lpad(nextval('order_no_seq')::text, 10, '0'),
+                $1, g.id, g.kind, $3, g.price * $3, now() + make_interval(secs => $4)
+         FROM goods g WHERE g.id = $2
+         RETURNING order_no, amount, expires_at",
     )
     .bind(user_id)
     .bind(goods_id)
     .bind(num)
     .bind(ttl.as_secs_f64())
-    .bind(crate::mq::topology::PAY_TIMEOUT_WAIT)
-    .bind(ttl.as_millis() as i64)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await;
-    match row {
-        Ok(Some((order_no, amount, expires_at))) => Ok(NewOrder {
-            order_no,
-            amount: Money::from_decimal(amount).map_err(|_| CreateOrderError::TooLarge)?,
-            expires_at,
-        }),
-        Ok(None) => Err(CreateOrderError::GoodsNotFound),
+    let order = match created {
+        Ok(Some(order)) => order,
+        Ok(None) => return Err(CreateOrderError::GoodsNotFound),
         // 22003 numeric_value_out_of_range
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("22003") => Err(CreateOrderError::TooLarge),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("22003") => {
+            return Err(CreateOrderError::TooLarge);
+        }
         // 23503 foreign_key_violation: the only reference not checked by the SELECT is the user
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23503") => Err(CreateOrderError::UserNotFound),
-        Err(e) => Err(e.into()),
-    }
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23503") => {
+            return Err(CreateOrderError::UserNotFound);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let due = PayTimeoutDue { order_no: order.order_no.clone() };
+    outbox::enqueue_all(&mut tx, &[Outgoing { delay: Some(ttl), ..Outgoing::new(&due) }]).await?;
+    tx.commit().await?;
+    Ok(order)
 }
 
 /// One payment of an order, as the status endpoint lists it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PaymentDetail {
     pub method: PayMethod,
     pub amount: Money,
-    pub status: String,
+    pub status: PaymentStatus,
     /// The channel's number of the payment (WeChat's transaction_id, on the payer's bill).
     pub third_party_no: Option<String>,
 }
 
 /// An order and its payments, as its owner may see them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OrderView {
     pub order_no: String,
     pub status: OrderStatus,
     pub amount: Money,
+    #[sqlx(rename = "pay_type")]
     pub pay_method: Option<PayMethod>,
     pub pay_no: Option<String>,
     pub paid_at: Option<OffsetDateTime>,
     pub expires_at: OffsetDateTime,
+    #[sqlx(skip)]
     pub payments: Vec<PaymentDetail>,
-}
-
-#[derive(sqlx::FromRow)]
-struct ViewRow {
-    order_no: String,
-    status: String,
-    amount: Decimal,
-    pay_type: Option<String>,
-    pay_no: Option<String>,
-    paid_at: Option<OffsetDateTime>,
-    expires_at: OffsetDateTime,
-}
-
-#[derive(sqlx::FromRow)]
-struct DetailRow {
-    method: String,
-    amount: Decimal,
-    status: String,
-    third_party_no: Option<String>,
 }
 
 /// The order with its payments, if it exists and belongs to `user_id` (someone else's order
 /// is indistinguishable from a missing one).
 pub async fn find_for_user(pool: &PgPool, order_no: &str, user_id: i64) -> Result<Option<OrderView>, sqlx::Error> {
-    let row: Option<ViewRow> = sqlx::query_as(
+    let view: Option<OrderView> = sqlx::query_as(
         "SELECT order_no, status, amount, pay_type, pay_no, paid_at, expires_at
          FROM orders WHERE order_no = $1 AND user_id = $2",
     )
@@ -241,32 +210,15 @@ pub async fn find_for_user(pool: &PgPool, order_no: &str, user_id: i64) -> Resul
     .bind(user_id)
     .fetch_optional(pool)
     .await?;
-    let Some(row) = row else {
+    let Some(mut view) = view else {
         return Ok(None);
     };
-    let payments: Vec<DetailRow> =
+    view.payments =
         sqlx::query_as("SELECT method, amount, status, third_party_no FROM payments WHERE order_no = $1 ORDER BY id")
-            .bind(&row.order_no)
+            .bind(&view.order_no)
             .fetch_all(pool)
             .await?;
-    Ok(Some(OrderView {
-        status: OrderStatus::parse(&row.status).expect("orders.status CHECK"),
-        amount: Money::from_decimal(row.amount).expect("NUMERIC(12,2)"),
-        pay_method: row.pay_type.as_deref().and_then(PayMethod::parse),
-        order_no: row.order_no,
-        pay_no: row.pay_no,
-        paid_at: row.paid_at,
-        expires_at: row.expires_at,
-        payments: payments
-            .into_iter()
-            .map(|p| PaymentDetail {
-                method: PayMethod::parse(&p.method).expect("payments.method CHECK"),
-                amount: Money::from_decimal(p.amount).expect("NUMERIC(12,2)"),
-                status: p.status,
-                third_party_no: p.third_party_no,
-            })
-            .collect(),
-    }))
+    Ok(Some(view))
 }
 
 /// Creates `count` UNPAID orders of one goods for a user in one statement, numbered

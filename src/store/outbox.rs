@@ -1,8 +1,59 @@
 //! The transactional outbox: rows written beside a business change, relayed to the broker
 //! after the commit by `workers::relay`.
 
+use std::time::Duration;
+
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
+
+use crate::mq::messages::Event;
+
+/// An event to write to the outbox, with what travels beside it.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a, E> {
+    pub event: &'a E,
+    /// The request it follows from (the AMQP correlation id).
+    pub correlation_id: Option<Uuid>,
+    /// Held this long in its (wait) queue before it is delivered on.
+    pub delay: Option<Duration>,
+}
+
+impl<'a, E: Event> Outgoing<'a, E> {
+    pub fn new(event: &'a E) -> Outgoing<'a, E> {
+        Outgoing { event, correlation_id: None, delay: None }
+    }
+}
+
+/// Writes one event beside the caller's change, in its transaction: it is published after the
+/// commit, or never if the change rolls back.
+pub async fn enqueue<E: Event>(conn: &mut PgConnection, event: &E) -> Result<(), sqlx::Error> {
+    enqueue_all(conn, &[Outgoing::new(event)]).await
+}
+
+/// Writes these events in one statement (the outbox's only INSERT).
+pub async fn enqueue_all<E: Event>(conn: &mut PgConnection, events: &[Outgoing<'_, E>]) -> Result<(), sqlx::Error> {
+    let message_ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+    let correlation_ids: Vec<Option<Uuid>> = events.iter().map(|e| e.correlation_id).collect();
+    let payloads: Vec<String> =
+        events.iter().map(|e| serde_json::to_string(e.event).expect("events serialise")).collect();
+    let delays: Vec<Option<i64>> = events.iter().map(|e| e.delay.map(|d| d.as_millis() as i64)).collect();
+    sqlx::query(
+        "INSERT INTO outbox (message_id, correlation_id, queue, kind, payload, delay_ms)
+         SELECT message_id, correlation_id, $5, $6, payload::jsonb, delay_ms
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[]) WITH ORDINALITY
+              AS e(message_id, correlation_id, payload, delay_ms, ord)
+         ORDER BY ord",
+    )
+    .bind(&message_ids)
+    .bind(&correlation_ids)
+    .bind(&payloads)
+    .bind(&delays)
+    .bind(E::QUEUE)
+    .bind(E::KIND)
+    .execute(conn)
+    .await
+    .map(drop)
+}
 
 /// One message waiting to be published.
 #[derive(Debug, Clone, sqlx::FromRow)]

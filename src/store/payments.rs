@@ -27,11 +27,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::orders::{self, OrderRow};
+use super::outbox::{self, Outgoing};
 use crate::domain::order::check_payable;
 use crate::domain::payment::{Receipt, Refusal};
 use crate::domain::{Asset, Code, Money, OrderStatus, PayMethod};
 use crate::mq::messages::OrderPaid;
-use crate::mq::topology;
 
 /// One payment to apply.
 #[derive(Debug, Clone)]
@@ -77,9 +77,9 @@ pub async fn apply(pool: &PgPool, batch: &[AssetPayment]) -> Result<Vec<Applied>
 #[derive(sqlx::FromRow)]
 struct LockedUser {
     id: i64,
-    money: Decimal,
-    integral: Decimal,
-    money2: Decimal,
+    money: Money,
+    integral: Money,
+    money2: Money,
     pay_password_hash: Option<String>,
 }
 
@@ -157,15 +157,7 @@ pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> R
     let mut balances: HashMap<i64, BTreeMap<Asset, Money>> = users
         .iter()
         .map(|u| {
-            let m = |d: Decimal| Money::from_decimal(d).expect("NUMERIC(12,2) >= 0 is a Money");
-            (
-                u.id,
-                BTreeMap::from([
-                    (Asset::Money, m(u.money)),
-                    (Asset::Integral, m(u.integral)),
-                    (Asset::Money2, m(u.money2)),
-                ]),
-            )
+            (u.id, BTreeMap::from([(Asset::Money, u.money), (Asset::Integral, u.integral), (Asset::Money2, u.money2)]))
         })
         .collect();
     let hashes: HashMap<i64, Option<&str>> = users.iter().map(|u| (u.id, u.pay_password_hash.as_deref())).collect();
@@ -253,7 +245,7 @@ pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> R
 /// The order checks of one request, given its locked order (if any) and, for a paid order, the
 /// request that paid it.
 fn decide(payment: &AssetPayment, order: Option<&OrderRow>, paid_by: Option<Uuid>) -> Decision {
-    if order.is_some_and(|o| o.user_id == payment.user_id && o.status() == OrderStatus::Paid)
+    if order.is_some_and(|o| o.user_id == payment.user_id && o.status == OrderStatus::Paid)
         && paid_by == Some(payment.request_id)
     {
         return Decision::Replay;
@@ -315,21 +307,20 @@ async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'
     let mut balances_after = Vec::with_capacity(n);
     let mut pay_types = Vec::with_capacity(n);
     let mut contents = Vec::with_capacity(n);
-    let mut message_ids = Vec::with_capacity(n);
-    let mut payloads = Vec::with_capacity(n);
+    let mut events = Vec::with_capacity(n);
     for (_, s) in settled {
         let p = s.payment;
-        let event = OrderPaid {
+        events.push(OrderPaid {
             order_no: p.order_no.clone(),
             user_id: p.user_id,
             goods_id: s.order.goods_id,
-            kind: s.order.kind(),
+            kind: s.order.kind,
             num: s.order.num,
             amount: p.amount,
             pay_no: s.pay_no.clone(),
             method: p.method,
             paid_at: s.order.now,
-        };
+        });
         pay_nos.push(s.pay_no.as_str());
         request_ids.push(p.request_id);
         user_ids.push(p.user_id);
@@ -341,8 +332,6 @@ async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'
         balances_after.push(s.balance_after.as_decimal());
         pay_types.push(p.method.pay_type());
         contents.push(p.method.content());
-        message_ids.push(Uuid::now_v7());
-        payloads.push(serde_json::to_string(&event).expect("OrderPaid serialises"));
     }
 
     let (users_updated, payments_inserted, orders_updated): (i64, i64, i64) = sqlx::query_as(
@@ -357,10 +346,10 @@ async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'
              RETURNING users.id
          ), i AS (
              SELECT * FROM unnest($5::text[], $6::uuid[], $7::bigint[], $8::text[], $9::text[], $10::numeric[],
-                                  $11::numeric[], $12::text[], $13::numeric[], $14::smallint[], $15::text[],
-                                  $16::uuid[], $17::text[]) WITH ORDINALITY
+                                  $11::numeric[], $12::text[], $13::numeric[], $14::smallint[], $15::text[])
+                                  WITH ORDINALITY
                AS i(pay_no, request_id, user_id, order_no, method, amount, asset_amount, asset, balance_after,
-                    pay_type, content, message_id, payload, ord)
+                    pay_type, content, ord)
          ), p AS (
              INSERT INTO payments (pay_no, order_no, user_id, method, amount, asset_amount, status, request_id, paid_at)
              SELECT pay_no, order_no, user_id, method, amount, asset_amount, 'SUCCESS', request_id, now() FROM i
@@ -375,9 +364,6 @@ async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'
              UPDATE orders SET status = 'PAID', pay_type = i.method, pay_no = i.pay_no, paid_at = now()
              FROM i WHERE orders.order_no = i.order_no AND orders.status = 'UNPAID'
              RETURNING 1
-         ), ob AS (
-             INSERT INTO outbox (message_id, correlation_id, queue, kind, payload)
-             SELECT message_id, request_id, $18, 'order_paid', payload::jsonb FROM i
          )
          SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM p), (SELECT count(*) FROM o)",
     )
@@ -396,9 +382,6 @@ async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'
     .bind(&balances_after)
     .bind(&pay_types)
     .bind(&contents)
-    .bind(&message_ids)
-    .bind(&payloads)
-    .bind(topology::ORDER_FOLLOWUP)
     .fetch_one(&mut *tx)
     .await?;
 
@@ -410,7 +393,12 @@ async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'
             d_ids.len()
         )));
     }
-    Ok(())
+    let outgoing: Vec<Outgoing<'_, OrderPaid>> = settled
+        .iter()
+        .zip(&events)
+        .map(|((_, s), event)| Outgoing { correlation_id: Some(s.payment.request_id), ..Outgoing::new(event) })
+        .collect();
+    outbox::enqueue_all(tx, &outgoing).await
 }
 
 /// The receipts of payments made by these requests (for answering a redelivered request).
@@ -418,8 +406,8 @@ async fn receipts_by_request(
     tx: &mut sqlx::PgConnection,
     request_ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Receipt>, sqlx::Error> {
-    let rows: Vec<(Uuid, String, String, OffsetDateTime, Decimal)> = sqlx::query_as(
-        "SELECT p.request_id, p.pay_no, p.method, p.paid_at, l.balance_after
+    let rows: Vec<ReceiptRow> = sqlx::query_as(
+        "SELECT p.request_id, p.pay_no, p.method, p.paid_at AS pay_time, l.balance_after AS remaining
          FROM payments p JOIN asset_ledger l ON l.pay_no = p.pay_no
          WHERE p.request_id = ANY($1) AND p.status = 'SUCCESS'",
     )
@@ -428,18 +416,20 @@ async fn receipts_by_request(
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(request_id, pay_no, method, paid_at, balance_after)| {
-            Some((
-                request_id,
-                Receipt {
-                    pay_no,
-                    method: PayMethod::parse(&method)?,
-                    pay_time: paid_at,
-                    remaining: Money::from_decimal(balance_after).ok()?,
-                },
-            ))
+        .map(|r| {
+            let receipt = Receipt { pay_no: r.pay_no, method: r.method, pay_time: r.pay_time, remaining: r.remaining };
+            (r.request_id, receipt)
         })
         .collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct ReceiptRow {
+    request_id: Uuid,
+    pay_no: String,
+    method: PayMethod,
+    pay_time: OffsetDateTime,
+    remaining: Money,
 }
 
 /// How many payments of a method succeeded (benchmark and tests).

@@ -5,25 +5,11 @@ use sqlx::PgPool;
 use crate::domain::Money;
 
 /// A user's assets as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Balances {
     pub money: Money,
     pub integral: Money,
     pub money2: Money,
-}
-
-#[derive(sqlx::FromRow)]
-struct BalancesRow {
-    money: rust_decimal::Decimal,
-    integral: rust_decimal::Decimal,
-    money2: rust_decimal::Decimal,
-}
-
-impl BalancesRow {
-    fn into_balances(self) -> Balances {
-        let m = |d| Money::from_decimal(d).expect("NUMERIC(12,2) >= 0 is a Money");
-        Balances { money: m(self.money), integral: m(self.integral), money2: m(self.money2) }
-    }
 }
 
 /// Inserts a user with opening balances and, optionally, a pay password hash.
@@ -50,11 +36,7 @@ pub async fn exists(pool: &PgPool, user_id: i64) -> Result<bool, sqlx::Error> {
 }
 
 pub async fn balances(pool: &PgPool, user_id: i64) -> Result<Option<Balances>, sqlx::Error> {
-    let row: Option<BalancesRow> = sqlx::query_as("SELECT money, integral, money2 FROM users WHERE id = $1")
-        .bind(user_id)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.map(BalancesRow::into_balances))
+    sqlx::query_as("SELECT money, integral, money2 FROM users WHERE id = $1").bind(user_id).fetch_optional(pool).await
 }
 
 /// Sets (or replaces) the pay password hash; false when the user does not exist.

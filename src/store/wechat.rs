@@ -8,18 +8,17 @@
 
 use std::time::Duration;
 
-use rust_decimal::Decimal;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use super::orders::{self, OrderRow};
+use super::outbox;
 use crate::channel::{Prepaid, Trade, TradeState, TradeType};
+use crate::config::WechatApiVersion;
 use crate::domain::order::{OrderFacts, check_payable};
 use crate::domain::payment::Refusal;
-use crate::domain::{Code, Money, OrderStatus, PayMethod};
+use crate::domain::{Code, Money, OrderStatus, PayMethod, PaymentStatus};
 use crate::mq::messages::{OrderPaid, TradeReported, TradeSource, WechatCreateRequested};
-use crate::mq::topology;
 use crate::wechat::SignedNotify;
 use crate::wechat::v2::sign::SignType;
 
@@ -58,14 +57,14 @@ pub struct PrepayDetails {
 /// will be signed with.
 #[derive(Debug, Clone, Copy)]
 pub struct ChannelVersion {
-    pub api_version: &'static str,
+    pub api_version: WechatApiVersion,
     pub sign_type: Option<SignType>,
 }
 
 #[derive(sqlx::FromRow)]
 struct WechatRow {
     pay_no: String,
-    trade_type: Option<String>,
+    trade_type: Option<TradeType>,
     prepaid: Option<serde_json::Value>,
     /// The prepay is younger than `wechat.prepay_valid_secs`.
     fresh: bool,
@@ -109,7 +108,7 @@ pub async fn begin_in(
     // The order waits for this very payment: for it, the order is payable.
     let mine = order.as_ref().zip(existing.as_ref()).is_some_and(|(o, p)| o.is_paying_with(&p.pay_no));
     let facts =
-        order.as_ref().map(|o| OrderFacts { status: if mine { OrderStatus::Unpaid } else { o.status() }, ..o.facts() });
+        order.as_ref().map(|o| OrderFacts { status: if mine { OrderStatus::Unpaid } else { o.status }, ..o.facts() });
     if let Err(refusal) = check_payable(facts.as_ref(), request.user_id, request.amount) {
         return Ok(Begun::Refused(refusal));
     }
@@ -134,14 +133,14 @@ pub async fn begin_in(
             )
             .bind(&request.order_no)
             .bind(order.user_id)
-            .bind(order.amount().as_decimal())
+            .bind(order.amount)
             .bind(request.request_id)
-            .bind(request.trade_type.as_str())
+            .bind(request.trade_type)
             .bind(&request.openid)
             .bind(&request.client_ip)
             .bind(MAX_DESCRIPTION_CHARS as i32)
             .bind(version.api_version)
-            .bind(version.sign_type.map(SignType::as_str))
+            .bind(version.sign_type)
             .bind(order.goods_id)
             .fetch_one(&mut *tx)
             .await?;
@@ -156,10 +155,10 @@ pub async fn begin_in(
         // WeChat takes no second trade under the same number.
         return refuse(Code::OrderClosed, "this order's WeChat payment was closed; place a new order");
     }
-    if existing.trade_type.as_deref() != Some(request.trade_type.as_str()) {
+    if existing.trade_type != Some(request.trade_type) {
         let message = format!(
             "this order is being paid with {}; retry with that trade_type",
-            existing.trade_type.unwrap_or_default()
+            existing.trade_type.map(TradeType::as_str).unwrap_or_default()
         );
         return refuse(Code::Validation, &message);
     }
@@ -204,7 +203,7 @@ pub async fn record_prepaid(pool: &PgPool, pay_no: &str, prepaid: &Prepaid) -> R
     };
     if !order.as_ref().is_some_and(|o| o.is_paying_with(pay_no)) {
         let refusal = match &order {
-            Some(o) => check_payable(Some(&o.facts()), o.user_id, o.amount()).err(),
+            Some(o) => check_payable(Some(&o.facts()), o.user_id, o.amount).err(),
             None => None,
         };
         return Ok(Recorded::Refused(refusal.unwrap_or_else(|| {
@@ -224,7 +223,7 @@ pub async fn record_prepaid(pool: &PgPool, pay_no: &str, prepaid: &Prepaid) -> R
 #[derive(Debug, Clone)]
 pub struct WechatPayment {
     pub pay_no: String,
-    pub status: String,
+    pub status: PaymentStatus,
     pub trade_type: Option<TradeType>,
     pub openid: Option<String>,
     pub client_ip: Option<String>,
@@ -236,11 +235,11 @@ pub struct WechatPayment {
 #[derive(sqlx::FromRow)]
 struct FoundRow {
     pay_no: String,
-    status: String,
-    trade_type: Option<String>,
+    status: PaymentStatus,
+    trade_type: Option<TradeType>,
     openid: Option<String>,
     client_ip: Option<String>,
-    amount: Decimal,
+    amount: Money,
     age_secs: f64,
 }
 
@@ -256,10 +255,10 @@ pub async fn find(pool: &PgPool, order_no: &str) -> Result<Option<WechatPayment>
     Ok(row.map(|r| WechatPayment {
         pay_no: r.pay_no,
         status: r.status,
-        trade_type: r.trade_type.as_deref().and_then(TradeType::parse),
+        trade_type: r.trade_type,
         openid: r.openid,
         client_ip: r.client_ip,
-        amount: Money::from_decimal(r.amount).expect("NUMERIC(12,2)"),
+        amount: r.amount,
         age: Duration::from_secs_f64(r.age_secs.max(0.0)),
     }))
 }
@@ -268,14 +267,7 @@ pub async fn find(pool: &PgPool, order_no: &str) -> Result<Option<WechatPayment>
 /// it leaves only if the caller's transaction commits). The notify-worker asks WeChat again
 /// before it settles anything: a message on the queue proves nothing by itself.
 pub async fn enqueue_reported(conn: &mut PgConnection, trade: &Trade) -> Result<(), sqlx::Error> {
-    let report = TradeReported::queried(trade.clone());
-    sqlx::query("INSERT INTO outbox (message_id, queue, kind, payload) VALUES ($1, $2, 'trade_reported', $3)")
-        .bind(Uuid::now_v7())
-        .bind(topology::WECHAT_NOTIFY)
-        .bind(serde_json::to_value(&report).expect("serialises"))
-        .execute(conn)
-        .await
-        .map(drop)
+    outbox::enqueue(conn, &TradeReported::queried(trade.clone())).await
 }
 
 /// `enqueue_reported` in a transaction of its own.
@@ -303,7 +295,7 @@ pub async fn expire(pool: &PgPool, order_no: &str, checked: Option<&str>) -> Res
     let Some(order) = orders::lock_one(&mut tx, order_no).await? else {
         return Ok(Expiry::Unchanged);
     };
-    let waiting = match order.status() {
+    let waiting = match order.status {
         _ if !order.expired => return Ok(Expiry::Unchanged),
         OrderStatus::Unpaid => None,
         OrderStatus::Paying if order.paying_pay_no.as_deref() == checked => order.paying_pay_no.as_deref(),
@@ -337,7 +329,7 @@ pub struct TimeoutView {
 
 pub async fn timeout_view(pool: &PgPool, order_no: &str) -> Result<Option<TimeoutView>, sqlx::Error> {
     Ok(orders::read(pool, &[order_no]).await?.pop().map(|seen| TimeoutView {
-        status: seen.order.status(),
+        status: seen.order.status,
         due: seen.order.expired,
         paying_pay_no: seen.order.paying_pay_no,
     }))
@@ -373,8 +365,8 @@ impl Settlement {
 #[derive(sqlx::FromRow)]
 struct PaymentRow {
     pay_no: String,
-    status: String,
-    amount: Decimal,
+    status: PaymentStatus,
+    amount: Money,
     user_id: i64,
 }
 
@@ -438,15 +430,15 @@ async fn apply_trade(
     payment: &PaymentRow,
 ) -> Result<Settlement, sqlx::Error> {
     let trade = &report.trade;
-    let amount = Money::from_decimal(payment.amount).expect("NUMERIC(12,2)");
+    let amount = payment.amount;
     let pay_no = payment.pay_no.as_str();
     let order_no = order.order_no.as_str();
     let waited_for = order.is_paying_with(pay_no);
     match trade.trade_state {
-        TradeState::Success if payment.status == "SUCCESS" => Ok(Settlement::Duplicate),
+        TradeState::Success if payment.status == PaymentStatus::Success => Ok(Settlement::Duplicate),
         // Paid back at WeChat already: a SUCCESS for it is an old report (a late retry of the
         // first notify), never money to settle.
-        TradeState::Success if payment.status == "REFUNDED" => Ok(Settlement::Alert(format!(
+        TradeState::Success if payment.status == PaymentStatus::Refunded => Ok(Settlement::Alert(format!(
             "success_after_refund: a SUCCESS report for {pay_no}, which WeChat reported refunded before; not settled"
         ))),
         TradeState::Success if trade.total_fen != Some(amount.to_fen()) => Ok(Settlement::Alert(format!(
@@ -469,7 +461,7 @@ async fn apply_trade(
             if marked.rows_affected() != 1 {
                 return Err(sqlx::Error::Protocol(format!(
                     "payment {pay_no} in state {} cannot settle",
-                    payment.status
+                    payment.status.as_str()
                 )));
             }
             sqlx::query(
@@ -483,7 +475,7 @@ async fn apply_trade(
             .bind(PayMethod::Wechat.pay_type())
             .execute(&mut *tx)
             .await?;
-            if order.status() == OrderStatus::Paid {
+            if order.status == OrderStatus::Paid {
                 // Paid twice (another method settled it first): the money is real, so the
                 // payment stands and an operator refunds one of them.
                 let detail =
@@ -492,7 +484,7 @@ async fn apply_trade(
                 return Ok(Settlement::Settled);
             }
             if !waited_for {
-                let (kind, detail) = if order.status() == OrderStatus::Closed {
+                let (kind, detail) = if order.status == OrderStatus::Closed {
                     (
                         "paid_after_close",
                         "paid_after_close: WeChat took the money after the order closed; it is paid now",
@@ -519,25 +511,20 @@ async fn apply_trade(
                 order_no: order_no.to_owned(),
                 user_id: payment.user_id,
                 goods_id: order.goods_id,
-                kind: order.kind(),
+                kind: order.kind,
                 num: order.num,
                 amount,
                 pay_no: pay_no.to_owned(),
                 method: PayMethod::Wechat,
                 paid_at,
             };
-            sqlx::query("INSERT INTO outbox (message_id, queue, kind, payload) VALUES ($1, $2, 'order_paid', $3)")
-                .bind(Uuid::now_v7())
-                .bind(topology::ORDER_FOLLOWUP)
-                .bind(serde_json::to_value(&event).expect("serialises"))
-                .execute(&mut *tx)
-                .await?;
+            outbox::enqueue(tx, &event).await?;
             Ok(Settlement::Settled)
         }
         // The payer paid and the money went back (a refund in the merchant platform) before
         // any report settled it here: nothing was bought, so the order stays unpaid, and an
         // operator reconciles the trade.
-        TradeState::Refund if payment.status == "SUCCESS" => Ok(Settlement::Alert(format!(
+        TradeState::Refund if payment.status == PaymentStatus::Success => Ok(Settlement::Alert(format!(
             "refunded_outside: WeChat reports {pay_no} refunded, outside payfleet, after it settled"
         ))),
         TradeState::Refund => {
@@ -628,7 +615,7 @@ pub async fn record_unconfirmed(pool: &PgPool, report: &TradeReported, why: &str
 }
 
 /// The state of a WeChat payment, if it exists.
-pub async fn payment_status(pool: &PgPool, pay_no: &str) -> Result<Option<String>, sqlx::Error> {
+pub async fn payment_status(pool: &PgPool, pay_no: &str) -> Result<Option<PaymentStatus>, sqlx::Error> {
     sqlx::query_scalar("SELECT status FROM payments WHERE pay_no = $1 AND method = 'wechat'")
         .bind(pay_no)
         .fetch_optional(pool)

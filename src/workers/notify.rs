@@ -12,6 +12,7 @@ use super::pay::{channel_error, db_error};
 use crate::cache::Cache;
 use crate::channel::{ChannelError, PayChannel};
 use crate::config::Settings;
+use crate::domain::PaymentStatus;
 use crate::mq::consumer::{self, HandleError, Handler, Incoming, Outcome};
 use crate::mq::messages::{TradeReported, TradeSource};
 use crate::mq::topology::{Topology, WECHAT_NOTIFY};
@@ -67,7 +68,9 @@ impl NotifyHandler {
         };
         let no = &verified.trade.out_trade_no;
         let status = store::wechat::payment_status(&self.db, no).await.map_err(|e| db_error(&e))?;
-        if verified.trade.trade_state.is_paid() && matches!(status.as_deref(), Some("CLOSED" | "REFUNDED")) {
+        if verified.trade.trade_state.is_paid()
+            && matches!(status, Some(PaymentStatus::Closed | PaymentStatus::Refunded))
+        {
             return self.query(wechat, no).await;
         }
         let raw = match signed {

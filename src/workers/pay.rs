@@ -419,13 +419,7 @@ impl PayHandler {
                 format!("amount must be above zero and at most {}", self.pay.max_amount),
             ));
         }
-        let version = ChannelVersion {
-            api_version: match wechat.api_version() {
-                crate::config::WechatApiVersion::V2 => "v2",
-                crate::config::WechatApiVersion::V3 => "v3",
-            },
-            sign_type: wechat.v2_sign_type(),
-        };
+        let version = ChannelVersion { api_version: wechat.api_version(), sign_type: wechat.v2_sign_type() };
         let begun = match store::wechat::begin(&self.db, r, version, self.prepay_valid).await {
             Ok(begun) => begun,
             Err(e) => return Err(db_error(&e)),
