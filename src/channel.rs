@@ -1,8 +1,6 @@
-//! The payment-channel layer: what the fleet asks of an external channel (create, query, close,
-//! verify a notify), independent of who the channel is. WeChat Pay v2 and v3 implement it
-//! (`wechat`); Alipay or UnionPay would be further implementations.
-
-use std::future::Future;
+//! The words a payment channel's trades are spoken in, whoever the channel is: what to create
+//! (`PrepayOrder`), what it answered (`Prepaid`), a trade and its state, and why a call failed.
+//! `wechat` speaks them for WeChat Pay v2 and v3; store, workers and sim use them.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -62,11 +60,11 @@ pub struct PrepayOrder {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Prepaid {
-    /// Signed into `wx.requestPayment` params by `PayChannel::pay_params`.
+    /// Signed into `wx.requestPayment` params by `Wechat::pay_params`.
     Jsapi {
         prepay_id: String,
     },
-    /// Signed into the app SDK's params by `PayChannel::pay_params`.
+    /// Signed into the app SDK's params by `Wechat::pay_params`.
     App {
         prepay_id: String,
     },
@@ -164,19 +162,4 @@ pub enum ChannelError {
     /// The answer did not carry a valid channel signature: it may be forged.
     #[error("channel answer failed verification: {0}")]
     Forged(String),
-}
-
-/// An external payment channel.
-pub trait PayChannel: Send + Sync {
-    /// Creates (or, for the same `out_trade_no` and parameters, finds again) the channel order.
-    fn prepay(&self, order: &PrepayOrder) -> impl Future<Output = Result<Prepaid, ChannelError>> + Send;
-
-    /// The trade's current state at the channel.
-    fn query(&self, out_trade_no: &str) -> impl Future<Output = Result<Trade, ChannelError>> + Send;
-
-    /// Closes an unpaid order so it can no longer be paid.
-    fn close(&self, out_trade_no: &str) -> impl Future<Output = Result<(), ChannelError>> + Send;
-
-    /// The parameters the client starts paying with, freshly signed.
-    fn pay_params(&self, prepaid: &Prepaid) -> serde_json::Value;
 }

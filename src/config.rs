@@ -467,6 +467,14 @@ impl AuthSettings {
 }
 
 impl PaySettings {
+    pub fn integral_rules(&self) -> crate::domain::payment::IntegralRules {
+        crate::domain::payment::IntegralRules {
+            rate: self.integral_rate,
+            min: self.integral_min,
+            max_per_order: self.integral_max_per_order,
+        }
+    }
+
     /// The server-side pepper mixed into every pay password hash; at least 16 bytes.
     pub fn password_pepper(&self) -> Result<SecretString, ConfigError> {
         resolve_secret("pay.password_pepper", self.password_pepper.as_ref(), self.password_pepper_file.as_deref(), 16)

@@ -25,6 +25,7 @@
 pub mod auth;
 pub mod cache;
 pub mod channel;
+pub mod channel_sync;
 pub mod config;
 pub mod ctl;
 pub mod domain;

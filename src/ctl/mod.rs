@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use sqlx::PgPool;
 
 use crate::auth::TokenKeys;
 use crate::cache::Cache;
@@ -19,6 +18,7 @@ use crate::config::Settings;
 use crate::domain::{GoodsKind, Money};
 use crate::mq::topology::{QUEUES, Topology};
 use crate::password::{PasswordHasher, is_well_formed};
+use crate::store::Pool;
 use crate::store::users::Balances;
 
 #[derive(Parser, Debug)]
@@ -186,7 +186,7 @@ async fn print_depths(settings: &Settings) -> anyhow::Result<()> {
 
 /// Direct access to the database and Redis for seeding and dev helpers.
 pub struct Admin {
-    pub db: PgPool,
+    pub db: Pool,
     pub cache: Cache,
     settings: Settings,
 }

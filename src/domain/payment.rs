@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Money;
+
 /// How (part of) an order is paid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -19,6 +21,36 @@ pub enum Asset {
     Money,
     Integral,
     Money2,
+}
+
+/// The rules of paying with integral points (`pay.integral_*`), the same at the ingress and
+/// in the pay-worker.
+#[derive(Clone, Copy, Debug)]
+pub struct IntegralRules {
+    /// Points per yuan.
+    pub rate: u32,
+    /// The fewest points one order may be paid with.
+    pub min: Money,
+    /// The most points one order may be paid with.
+    pub max_per_order: Money,
+}
+
+impl IntegralRules {
+    /// Whether `points` may pay `yuan`: whole points, within the per-order bounds, worth
+    /// exactly the yuan at the rate. The error says which rule, for the payer.
+    pub fn check(&self, yuan: Money, points: Money) -> Result<(), String> {
+        let IntegralRules { rate, min, max_per_order: max } = *self;
+        if points.to_fen() % 100 != 0 {
+            return Err("integral_amount must be a whole number of points".into());
+        }
+        if points < min || points > max {
+            return Err(format!("integral_amount must be between {min} and {max} points per order"));
+        }
+        if yuan.checked_mul(i64::from(rate)) != Some(points) {
+            return Err(format!("integral_amount {points} is not money_amount {yuan} at {rate} points per yuan"));
+        }
+        Ok(())
+    }
 }
 
 /// A payment's state, in `payments.status`.

@@ -139,9 +139,9 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> ApiError {
-        if crate::store::is_unavailable(&e) { ApiError::unavailable(&e) } else { ApiError::internal(&e) }
+impl From<crate::store::Error> for ApiError {
+    fn from(e: crate::store::Error) -> ApiError {
+        if e.is_unavailable() { ApiError::unavailable(&e) } else { ApiError::internal(&e) }
     }
 }
 
@@ -163,9 +163,4 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// A success in the seed's envelope.
-pub fn ok(message: &str, data: Value) -> Response {
-    Json(json!({ "status": 1, "msg": message, "code": Code::Success.as_str(), "data": data })).into_response()
 }

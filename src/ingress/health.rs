@@ -11,16 +11,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use crate::cache::Cache;
+use crate::store::Pool;
 
 /// What a readiness check looks at.
 #[derive(Clone)]
 pub struct Probe {
-    pub db: PgPool,
+    pub db: Pool,
     pub cache: Cache,
     /// Whether the binary holds a live broker session.
     pub broker: Arc<dyn Fn() -> bool + Send + Sync>,

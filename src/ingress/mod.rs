@@ -3,12 +3,16 @@
 
 mod error;
 mod extract;
+mod fields;
 pub mod health;
 mod limits;
 mod orders;
+mod pay_call;
 mod payment;
+mod respond;
 mod user;
-mod wechat;
+mod wechat_notify;
+mod wechat_pay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +22,6 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -34,7 +37,7 @@ use crate::password::{PasswordHasher, Sealer};
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    pub db: PgPool,
+    pub db: crate::store::Pool,
     pub cache: Cache,
     pub rpc: RpcClient,
     pub tokens: Arc<TokenKeys>,
@@ -83,7 +86,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .merge(orders::router())
         .merge(payment::router())
         .merge(user::router())
-        .merge(wechat::router())
+        .merge(wechat_pay::router())
+        .merge(wechat_notify::router())
         .merge(health::router())
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {

@@ -11,7 +11,8 @@ use serde_json::json;
 
 use super::extract::{AuthUser, Json};
 use super::limits::{self, ClientIp, Kind};
-use super::{ApiError, AppState, Result, error::ok};
+use super::respond::{ok, rfc3339};
+use super::{ApiError, AppState, Result};
 use crate::store::orders::{CreateOrderError, create_order};
 
 /// The most tickets one order may hold.
@@ -47,7 +48,7 @@ async fn create(
             "order_no": order.order_no,
             "amount": order.amount,
             "status": "UNPAID",
-            "expires_at": super::payment::rfc3339(order.expires_at),
+            "expires_at": rfc3339(order.expires_at),
         }),
     ))
 }

@@ -1,27 +1,22 @@
-//! Paying with balance, integral or money2, and reading a payment's status.
-//!
-//! A pay request is validated here, published to `pay.requests` with a publisher confirm, and
-//! answered with the pay-worker's reply; if none comes within `ingress.reply_timeout_ms` the
-//! answer is 202 PROCESSING, the request stays queued, and the worker still settles it.
+//! Paying with balance, integral or money2 (validated here, settled by the pay-worker through
+//! `pay_call`), and reading a payment's status.
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::extract::{AuthUser, Json};
+use super::fields::{check_order_no, parse_money, payment_amount};
 use super::limits::{self, ClientIp, Kind};
-use super::{ApiError, AppState, RequestId, Result, error::ok};
-use crate::domain::payment::Receipt;
-use crate::domain::{Code, Money, MoneyError, OrderStatus, PayMethod, PaymentStatus};
-use crate::mq::MqError;
-use crate::mq::envelope::traceparent_for;
-use crate::mq::messages::{AssetPayRequested, PayReplied, PayRequested};
-use crate::mq::rpc::{Called, Outgoing};
+use super::respond::{ok, rfc3339};
+use super::{ApiError, AppState, RequestId, Result, pay_call};
+use crate::channel_sync;
+use crate::domain::{Money, OrderStatus, PayMethod, PaymentStatus};
+use crate::mq::messages::{AssetPayRequested, PayRequested};
 use crate::password::SealedFor;
 
 #[derive(Deserialize)]
@@ -73,18 +68,7 @@ async fn pay_integral(
     check_order_no(&body.order_no)?;
     let money = payment_amount(&app, "money_amount", &body.money_amount)?;
     let points = parse_money("integral_amount", &body.integral_amount)?;
-    let (min, max, rate) = (app.pay.integral_min, app.pay.integral_max_per_order, app.pay.integral_rate);
-    if points.to_fen() % 100 != 0 {
-        return Err(ApiError::validation("integral_amount must be a whole number of points"));
-    }
-    if points < min || points > max {
-        return Err(ApiError::validation(format!("integral_amount must be between {min} and {max} points per order")));
-    }
-    if money.checked_mul(i64::from(rate)) != Some(points) {
-        return Err(ApiError::validation(format!(
-            "integral_amount {points} is not money_amount {money} at {rate} points per yuan"
-        )));
-    }
+    app.pay.integral_rules().check(money, points).map_err(ApiError::validation)?;
     submit(&app, request_id, user_id, body.order_no, PayMethod::Integral, money, points, None).await
 }
 
@@ -116,80 +100,14 @@ async fn submit(
     let request = PayRequested::Asset(AssetPayRequested {
         request_id: request_id.0,
         user_id,
-        order_no: order_no.clone(),
+        order_no,
         method,
         amount,
         asset_amount,
         sealed_password,
         requested_at: OffsetDateTime::now_utc(),
     });
-    let reply = call_pay_worker(app, request_id, &order_no, &request).await?;
-    match reply {
-        Some(PayReplied::Paid(receipt)) => Ok(paid(&order_no, &receipt)),
-        Some(PayReplied::Refused(refusal)) => Err(refusal.into()),
-        Some(PayReplied::Prepaid(_)) => {
-            Err(ApiError::internal(&"the pay-worker answered an asset payment with pay params"))
-        }
-        None => Ok(processing(&order_no)),
-    }
-}
-
-/// Publishes a pay request and waits for the pay-worker's answer: None when it did not come in
-/// time (the request is queued and will be handled; answer 202).
-pub(super) async fn call_pay_worker(
-    app: &AppState,
-    RequestId(request_id): RequestId,
-    order_no: &str,
-    request: &PayRequested,
-) -> Result<Option<PayReplied>> {
-    let body = serde_json::to_vec(request).map_err(|e| ApiError::internal(&e))?;
-    let message_id = request_id.to_string();
-    let traceparent = traceparent_for(request_id);
-    let out = Outgoing::event::<PayRequested>(&message_id, &traceparent, &body);
-    match app.rpc.call(&out, app.reply_timeout).await {
-        Ok(Called::Replied(reply)) => match serde_json::from_slice::<PayReplied>(&reply) {
-            Ok(reply) => Ok(Some(reply)),
-            Err(e) => {
-                Err(ApiError::uncertain(&format_args!("unreadable reply from the pay-worker for {order_no}: {e}")))
-            }
-        },
-        Ok(Called::TimedOut) => Ok(None),
-        Err(e @ MqError::Unconfirmed(_)) => Err(ApiError::uncertain(&e)),
-        Err(e) => Err(ApiError::unavailable(&e)),
-    }
-}
-
-/// 200 with the seed's fields for the method.
-fn paid(order_no: &str, receipt: &Receipt) -> Response {
-    let (remaining_key, message) = match receipt.method {
-        PayMethod::Balance => ("remaining_balance", "balance payment succeeded"),
-        PayMethod::Integral => ("remaining_integral", "integral payment succeeded"),
-        PayMethod::Money2 => ("remaining_money2", "money2 payment succeeded"),
-        PayMethod::Wechat => ("remaining", "payment succeeded"),
-    };
-    let mut data = json!({
-        "order_no": order_no,
-        "pay_no": receipt.pay_no,
-        "pay_time": rfc3339(receipt.pay_time),
-        "pay_status": "SUCCESS",
-    });
-    data[remaining_key] = json!(receipt.remaining);
-    ok(message, data)
-}
-
-/// 202: the request is safely queued but not settled yet.
-pub(super) fn processing(order_no: &str) -> Response {
-    let body = json!({
-        "status": 1,
-        "msg": "payment accepted and processing; poll status_url for the result",
-        "code": "PROCESSING",
-        "data": {
-            "order_no": order_no,
-            "pay_status": "PROCESSING",
-            "status_url": format!("/api/v1/payment/{order_no}/status"),
-        },
-    });
-    (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+    pay_call::pay_with_asset(app, request_id, &request).await
 }
 
 async fn status(
@@ -208,7 +126,9 @@ async fn status(
         OrderStatus::Closed => "CLOSED",
         OrderStatus::Paying => {
             // A WeChat payment waiting too long: ask WeChat, in case its notify was lost.
-            super::wechat::sync_status(&app, &order_no).await;
+            if let Some(wechat) = &app.wechat {
+                channel_sync::sync_status(&app.db, &app.cache, wechat, app.wechat_query_after, &order_no).await;
+            }
             "PAYING"
         }
         OrderStatus::Unpaid if order.expires_at <= OffsetDateTime::now_utc() => "CLOSED",
@@ -259,43 +179,6 @@ async fn status(
             "last_refusal": last_refusal,
         }),
     ))
-}
-
-/// An amount field of a pay request: positive, two decimals at most, within `pay.max_amount`.
-pub(super) fn payment_amount(app: &AppState, field: &str, raw: &str) -> Result<Money> {
-    let amount = parse_money(field, raw)?;
-    if amount.is_zero() {
-        return Err(ApiError::validation(format!("{field} must be above zero")));
-    }
-    if amount > app.pay.max_amount {
-        return Err(ApiError::validation(format!("{field} exceeds the limit of {} per payment", app.pay.max_amount)));
-    }
-    Ok(amount)
-}
-
-fn parse_money(field: &str, raw: &str) -> Result<Money> {
-    Money::parse(raw).map_err(|e| {
-        ApiError::validation(match e {
-            MoneyError::Malformed => format!("{field} must be an amount like \"10.00\""),
-            MoneyError::TooPrecise => format!("{field} has more than two decimals"),
-            MoneyError::Negative => format!("{field} must not be negative"),
-            MoneyError::TooLarge => format!("{field} is too large"),
-        })
-    })
-}
-
-/// Order numbers are short and plain; anything else cannot name an order.
-pub(super) fn check_order_no(order_no: &str) -> Result<()> {
-    if order_no.is_empty() || order_no.len() > 64 || !order_no.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(ApiError::new(Code::Validation, "order_no must be 1 to 64 letters or digits"));
-    }
-    Ok(())
-}
-
-/// `2024-01-01T12:00:00Z`, to the second, as seed 000 shows it.
-pub(super) fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).expect("0 is a valid nanosecond");
-    t.format(&time::format_description::well_known::Rfc3339).expect("a UTC time formats as RFC 3339")
 }
 
 pub fn router() -> Router<AppState> {

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use super::extract::{AuthUser, Json};
 use super::limits::{self, ClientIp, Kind};
-use super::{ApiError, AppState, Result, error::ok};
+use super::respond::ok;
+use super::{ApiError, AppState, Result};
 use crate::cache::{PAY_PASSWORD_PURPOSE, SmsCheck};
 use crate::domain::Code;
 use crate::password::is_well_formed;

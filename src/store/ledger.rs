@@ -1,6 +1,7 @@
 //! Reading the asset ledger back: a user's entries, and the consistency checks the demo and the
 //! benchmark run over it.
 
+use super::Result;
 use rust_decimal::Decimal;
 use sqlx::PgPool;
 
@@ -14,13 +15,13 @@ pub struct Entry {
     pub pay_no: Option<String>,
 }
 
-pub async fn entries(pool: &PgPool, user_id: i64) -> Result<Vec<Entry>, sqlx::Error> {
-    sqlx::query_as(
+pub async fn entries(pool: &PgPool, user_id: i64) -> Result<Vec<Entry>> {
+    Ok(sqlx::query_as(
         "SELECT asset, change, balance_after, order_no, pay_no FROM asset_ledger WHERE user_id = $1 ORDER BY id",
     )
     .bind(user_id)
     .fetch_all(pool)
-    .await
+    .await?)
 }
 
 /// What the ledger and the accounts say about each other.
@@ -44,8 +45,8 @@ impl Audit {
 
 /// Checks the whole database: every ledger chain, every account against its last ledger row,
 /// every payment against profit_pay, every paid order against its payment.
-pub async fn audit(pool: &PgPool) -> Result<Audit, sqlx::Error> {
-    sqlx::query_as(
+pub async fn audit(pool: &PgPool) -> Result<Audit> {
+    Ok(sqlx::query_as(
         "WITH chain AS (
              SELECT balance_after, change,
                     lag(balance_after) OVER (PARTITION BY user_id, asset ORDER BY id) AS before
@@ -70,5 +71,5 @@ pub async fn audit(pool: &PgPool) -> Result<Audit, sqlx::Error> {
              AS orders_without_payment",
     )
     .fetch_one(pool)
-    .await
+    .await?)
 }

@@ -1,6 +1,7 @@
 //! Orders: created by the ingress at the goods' price, paid by the pay-worker, read back for
 //! the status endpoint.
 
+use super::{Error, Result};
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
@@ -48,12 +49,12 @@ impl OrderRow {
     /// Refuses a change of state the order's life does not have (`OrderStatus::can_become`),
     /// before it is written: the callers decide under the order's lock, and a wrong decision
     /// must roll back rather than commit.
-    pub fn check_becomes(&self, next: OrderStatus) -> Result<(), sqlx::Error> {
+    pub fn check_becomes(&self, next: OrderStatus) -> Result<()> {
         let now = self.status;
         if now.can_become(next) {
             Ok(())
         } else {
-            Err(sqlx::Error::Protocol(format!(
+            Err(Error::Invariant(format!(
                 "order {} cannot go from {} to {}",
                 self.order_no,
                 now.as_str(),
@@ -75,15 +76,17 @@ const ORDER_COLUMNS: &str = "order_no, user_id, goods_id, kind, num, amount, sta
 /// and reads them as they are once the locks are granted. Every transaction that changes an
 /// order or its payments locks the order first, with this, and its payments after: one lock
 /// order everywhere, so settling, paying and expiring never deadlock on each other.
-pub async fn lock(conn: &mut PgConnection, order_nos: &[&str]) -> Result<Vec<OrderRow>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_no = ANY($1) ORDER BY order_no FOR UPDATE"))
-        .bind(order_nos)
-        .fetch_all(conn)
-        .await
+pub async fn lock(conn: &mut PgConnection, order_nos: &[&str]) -> Result<Vec<OrderRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE order_no = ANY($1) ORDER BY order_no FOR UPDATE"
+    ))
+    .bind(order_nos)
+    .fetch_all(conn)
+    .await?)
 }
 
 /// `lock` for one order.
-pub async fn lock_one(conn: &mut PgConnection, order_no: &str) -> Result<Option<OrderRow>, sqlx::Error> {
+pub async fn lock_one(conn: &mut PgConnection, order_no: &str) -> Result<Option<OrderRow>> {
     Ok(lock(conn, &[order_no]).await?.pop())
 }
 
@@ -97,14 +100,14 @@ pub struct SeenOrder {
 
 /// These orders as they are now, unlocked: for checks worth making before expensive work, which
 /// the locked transaction makes again.
-pub async fn read(pool: &PgPool, order_nos: &[&str]) -> Result<Vec<SeenOrder>, sqlx::Error> {
-    sqlx::query_as(&format!(
+pub async fn read(pool: &PgPool, order_nos: &[&str]) -> Result<Vec<SeenOrder>> {
+    Ok(sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS}, (SELECT p.request_id FROM payments p WHERE p.pay_no = orders.pay_no) AS paid_by
          FROM orders WHERE order_no = ANY($1)"
     ))
     .bind(order_nos)
     .fetch_all(pool)
-    .await
+    .await?)
 }
 
 /// A freshly created order.
@@ -128,7 +131,7 @@ pub enum CreateOrderError {
     #[error("order amount too large")]
     TooLarge,
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
+    Db(#[from] Error),
 }
 
 /// Creates an UNPAID order of `num` × the goods' price, payable for `ttl`.
@@ -141,7 +144,7 @@ pub async fn create_order(
 ) -> Result<NewOrder, CreateOrderError> {
     // The order and its expiry check, together: the check waits in pay.timeout.wait for the
     // order's pay time, then closes it if it is still unpaid.
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin().await.map_err(Error::from)?;
     let created: Result<Option<NewOrder>, sqlx::Error> = sqlx::query_as(
         "INSERT INTO orders (order_no, user_id, goods_id, kind, num, amount, expires_at)
          SELECT 'ORD' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD') || lpad(nextval('order_no_seq')::text, 10, '0'),
@@ -166,11 +169,11 @@ pub async fn create_order(
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23503") => {
             return Err(CreateOrderError::UserNotFound);
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(Error::from(e).into()),
     };
     let due = PayTimeoutDue { order_no: order.order_no.clone() };
     outbox::enqueue_all(&mut tx, &[Outgoing { delay: Some(ttl), ..Outgoing::new(&due) }]).await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(Error::from)?;
     Ok(order)
 }
 
@@ -201,7 +204,7 @@ pub struct OrderView {
 
 /// The order with its payments, if it exists and belongs to `user_id` (someone else's order
 /// is indistinguishable from a missing one).
-pub async fn find_for_user(pool: &PgPool, order_no: &str, user_id: i64) -> Result<Option<OrderView>, sqlx::Error> {
+pub async fn find_for_user(pool: &PgPool, order_no: &str, user_id: i64) -> Result<Option<OrderView>> {
     let view: Option<OrderView> = sqlx::query_as(
         "SELECT order_no, status, amount, pay_type, pay_no, paid_at, expires_at
          FROM orders WHERE order_no = $1 AND user_id = $2",
@@ -230,8 +233,8 @@ pub async fn create_bulk(
     goods_id: i64,
     count: i64,
     ttl: Duration,
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
         "INSERT INTO orders (order_no, user_id, goods_id, kind, num, amount, expires_at)
          SELECT $1 || lpad(n::text, 10, '0'), $2, g.id, g.kind, 1, g.price, now() + make_interval(secs => $5)
          FROM goods g, generate_series(1, $4) AS n WHERE g.id = $3
@@ -244,5 +247,5 @@ pub async fn create_bulk(
     .bind(count)
     .bind(ttl.as_secs_f64())
     .fetch_all(pool)
-    .await
+    .await?)
 }

@@ -1,6 +1,7 @@
 //! The transactional outbox: rows written beside a business change, relayed to the broker
 //! after the commit by `workers::relay`.
 
+use super::Result;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
@@ -26,18 +27,18 @@ impl<'a, E: Event> Outgoing<'a, E> {
 
 /// Writes one event beside the caller's change, in its transaction: it is published after the
 /// commit, or never if the change rolls back.
-pub async fn enqueue<E: Event>(conn: &mut PgConnection, event: &E) -> Result<(), sqlx::Error> {
+pub async fn enqueue<E: Event>(conn: &mut PgConnection, event: &E) -> Result<()> {
     enqueue_all(conn, &[Outgoing::new(event)]).await
 }
 
 /// Writes these events in one statement (the outbox's only INSERT).
-pub async fn enqueue_all<E: Event>(conn: &mut PgConnection, events: &[Outgoing<'_, E>]) -> Result<(), sqlx::Error> {
+pub async fn enqueue_all<E: Event>(conn: &mut PgConnection, events: &[Outgoing<'_, E>]) -> Result<()> {
     let message_ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
     let correlation_ids: Vec<Option<Uuid>> = events.iter().map(|e| e.correlation_id).collect();
     let payloads: Vec<String> =
         events.iter().map(|e| serde_json::to_string(e.event).expect("events serialise")).collect();
     let delays: Vec<Option<i64>> = events.iter().map(|e| e.delay.map(|d| d.as_millis() as i64)).collect();
-    sqlx::query(
+    Ok(sqlx::query(
         "INSERT INTO outbox (message_id, correlation_id, queue, kind, payload, delay_ms)
          SELECT message_id, correlation_id, $5, $6, payload::jsonb, delay_ms
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bigint[]) WITH ORDINALITY
@@ -52,7 +53,7 @@ pub async fn enqueue_all<E: Event>(conn: &mut PgConnection, events: &[Outgoing<'
     .bind(E::KIND)
     .execute(conn)
     .await
-    .map(drop)
+    .map(drop)?)
 }
 
 /// One message waiting to be published.
@@ -70,12 +71,15 @@ pub struct OutboxRow {
     pub delay_ms: Option<i64>,
 }
 
-/// Opens a transaction holding the oldest unsent rows, skipping rows another relay holds, so
-/// several relays share the work without publishing a row twice at the same time.
-pub async fn claim_unsent(
-    pool: &PgPool,
-    limit: i64,
-) -> Result<(Transaction<'static, Postgres>, Vec<OutboxRow>), sqlx::Error> {
+/// The oldest unsent rows, held (locked) by one relay until it marks them sent or lets go.
+pub struct Claim {
+    tx: Transaction<'static, Postgres>,
+    pub rows: Vec<OutboxRow>,
+}
+
+/// Claims the oldest unsent rows, skipping rows another relay holds, so several relays share
+/// the work without publishing a row twice at the same time.
+pub async fn claim_unsent(pool: &PgPool, limit: i64) -> Result<Claim> {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query_as(
         "SELECT id, message_id, correlation_id, queue, kind, payload::text AS payload, delay_ms FROM outbox
@@ -84,14 +88,24 @@ pub async fn claim_unsent(
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
-    Ok((tx, rows))
+    Ok(Claim { tx, rows })
 }
 
-pub async fn mark_sent(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)").bind(ids).execute(conn).await.map(drop)
+impl Claim {
+    /// Marks every claimed row sent (after the broker confirmed them all).
+    pub async fn mark_sent(mut self) -> Result<()> {
+        let ids: Vec<i64> = self.rows.iter().map(|r| r.id).collect();
+        sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)").bind(&ids).execute(&mut *self.tx).await?;
+        Ok(self.tx.commit().await?)
+    }
+
+    /// Lets go of the rows unsent.
+    pub async fn release(self) -> Result<()> {
+        Ok(self.tx.rollback().await?)
+    }
 }
 
 /// Rows not yet relayed (for payctl and tests).
-pub async fn unsent_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(pool).await
+pub async fn unsent_count(pool: &PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(pool).await?)
 }

@@ -19,6 +19,7 @@
 //! the second sees the first's result. A failing batch is the caller's to retry one message at a
 //! time.
 
+use super::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 
 use rust_decimal::Decimal;
@@ -59,7 +60,7 @@ pub enum Applied {
 }
 
 /// Applies a batch; the answer is in the batch's order.
-pub async fn apply(pool: &PgPool, batch: &[AssetPayment]) -> Result<Vec<Applied>, sqlx::Error> {
+pub async fn apply(pool: &PgPool, batch: &[AssetPayment]) -> Result<Vec<Applied>> {
     let mut results: Vec<Option<Applied>> = vec![None; batch.len()];
     let mut pending: Vec<usize> = (0..batch.len()).collect();
     while !pending.is_empty() {
@@ -102,7 +103,7 @@ struct Settled<'a> {
 }
 
 /// Applies requests for distinct orders in one transaction.
-async fn apply_round(pool: &PgPool, items: &[&AssetPayment]) -> Result<Vec<Applied>, sqlx::Error> {
+async fn apply_round(pool: &PgPool, items: &[&AssetPayment]) -> Result<Vec<Applied>> {
     let mut tx = pool.begin().await?;
     let applied = apply_in(&mut tx, items).await?;
     tx.commit().await?;
@@ -111,7 +112,7 @@ async fn apply_round(pool: &PgPool, items: &[&AssetPayment]) -> Result<Vec<Appli
 
 /// Applies requests for distinct orders in the caller's transaction: what `apply` does for
 /// each round, with the orders and users locked until the caller commits or rolls back.
-pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> Result<Vec<Applied>, sqlx::Error> {
+pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> Result<Vec<Applied>> {
     let order_nos: Vec<&str> = items.iter().map(|p| p.order_no.as_str()).collect();
     let orders = orders::lock(tx, &order_nos).await?;
     let by_no: HashMap<&str, &OrderRow> = orders.iter().map(|o| (o.order_no.as_str(), o)).collect();
@@ -281,7 +282,7 @@ fn asset_name(asset: Asset) -> &'static str {
 }
 
 /// Step 4: the single statement that moves the money and records it everywhere.
-async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'_>)]) -> Result<(), sqlx::Error> {
+async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'_>)]) -> Result<()> {
     // Deltas grouped by account: one conditional UPDATE row per user.
     let mut deltas: BTreeMap<i64, [Decimal; 3]> = BTreeMap::new();
     for (_, s) in settled {
@@ -388,7 +389,7 @@ async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'
     // The rows were locked and checked above, so these hold; if they ever do not, roll back
     // rather than commit a half-applied batch.
     if users_updated as usize != d_ids.len() || payments_inserted as usize != n || orders_updated as usize != n {
-        return Err(sqlx::Error::Protocol(format!(
+        return Err(Error::Invariant(format!(
             "batch write mismatch: {users_updated}/{} users, {payments_inserted}/{n} payments, {orders_updated}/{n} orders",
             d_ids.len()
         )));
@@ -402,10 +403,7 @@ async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'
 }
 
 /// The receipts of payments made by these requests (for answering a redelivered request).
-async fn receipts_by_request(
-    tx: &mut sqlx::PgConnection,
-    request_ids: &[Uuid],
-) -> Result<HashMap<Uuid, Receipt>, sqlx::Error> {
+async fn receipts_by_request(tx: &mut sqlx::PgConnection, request_ids: &[Uuid]) -> Result<HashMap<Uuid, Receipt>> {
     let rows: Vec<ReceiptRow> = sqlx::query_as(
         "SELECT p.request_id, p.pay_no, p.method, p.paid_at AS pay_time, l.balance_after AS remaining
          FROM payments p JOIN asset_ledger l ON l.pay_no = p.pay_no
@@ -433,9 +431,9 @@ struct ReceiptRow {
 }
 
 /// How many payments of a method succeeded (benchmark and tests).
-pub async fn count_successful(pool: &PgPool, method: PayMethod) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM payments WHERE method = $1 AND status = 'SUCCESS'")
+pub async fn count_successful(pool: &PgPool, method: PayMethod) -> Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM payments WHERE method = $1 AND status = 'SUCCESS'")
         .bind(method.as_str())
         .fetch_one(pool)
-        .await
+        .await?)
 }

@@ -6,6 +6,7 @@
 //! which locks the same row, sees it; and one lock order means settling and expiring never
 //! deadlock.
 
+use super::{Error, Result};
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
@@ -79,7 +80,7 @@ pub async fn begin(
     request: &WechatCreateRequested,
     version: ChannelVersion,
     prepay_valid: Duration,
-) -> Result<Begun, sqlx::Error> {
+) -> Result<Begun> {
     let mut tx = pool.begin().await?;
     let begun = begin_in(&mut tx, request, version, prepay_valid).await?;
     tx.commit().await?;
@@ -92,7 +93,7 @@ pub async fn begin_in(
     request: &WechatCreateRequested,
     version: ChannelVersion,
     prepay_valid: Duration,
-) -> Result<Begun, sqlx::Error> {
+) -> Result<Begun> {
     let order = orders::lock_one(tx, &request.order_no).await?;
     // Read after the order's lock: a payment committed while this waited is seen.
     let existing: Option<WechatRow> = sqlx::query_as(
@@ -191,7 +192,7 @@ pub enum Recorded {
 }
 
 /// Keeps the channel's prepay answer for reuse, if the order still waits for this payment.
-pub async fn record_prepaid(pool: &PgPool, pay_no: &str, prepaid: &Prepaid) -> Result<Recorded, sqlx::Error> {
+pub async fn record_prepaid(pool: &PgPool, pay_no: &str, prepaid: &Prepaid) -> Result<Recorded> {
     let mut tx = pool.begin().await?;
     let order_no: Option<String> = sqlx::query_scalar("SELECT order_no FROM payments WHERE pay_no = $1")
         .bind(pay_no)
@@ -243,7 +244,7 @@ struct FoundRow {
     age_secs: f64,
 }
 
-pub async fn find(pool: &PgPool, order_no: &str) -> Result<Option<WechatPayment>, sqlx::Error> {
+pub async fn find(pool: &PgPool, order_no: &str) -> Result<Option<WechatPayment>> {
     let row: Option<FoundRow> = sqlx::query_as(
         "SELECT pay_no, status, trade_type, openid, client_ip, amount,
                 extract(epoch FROM now() - created_at)::float8 AS age_secs
@@ -266,12 +267,12 @@ pub async fn find(pool: &PgPool, order_no: &str) -> Result<Option<WechatPayment>
 /// Queues a trade our own query found, for the notify-worker to settle (through the outbox, so
 /// it leaves only if the caller's transaction commits). The notify-worker asks WeChat again
 /// before it settles anything: a message on the queue proves nothing by itself.
-pub async fn enqueue_reported(conn: &mut PgConnection, trade: &Trade) -> Result<(), sqlx::Error> {
+pub async fn enqueue_reported(conn: &mut PgConnection, trade: &Trade) -> Result<()> {
     outbox::enqueue(conn, &TradeReported::queried(trade.clone())).await
 }
 
 /// `enqueue_reported` in a transaction of its own.
-pub async fn report_trade(pool: &PgPool, trade: &Trade) -> Result<(), sqlx::Error> {
+pub async fn report_trade(pool: &PgPool, trade: &Trade) -> Result<()> {
     let mut conn = pool.acquire().await?;
     enqueue_reported(&mut conn, trade).await
 }
@@ -290,7 +291,7 @@ pub enum Expiry {
 
 /// Closes an order whose pay time ran out if it is still unpaid, and its WeChat payment if
 /// that is `checked`: the one the caller made sure, at WeChat, can no longer be paid.
-pub async fn expire(pool: &PgPool, order_no: &str, checked: Option<&str>) -> Result<Expiry, sqlx::Error> {
+pub async fn expire(pool: &PgPool, order_no: &str, checked: Option<&str>) -> Result<Expiry> {
     let mut tx = pool.begin().await?;
     let Some(order) = orders::lock_one(&mut tx, order_no).await? else {
         return Ok(Expiry::Unchanged);
@@ -327,7 +328,7 @@ pub struct TimeoutView {
     pub paying_pay_no: Option<String>,
 }
 
-pub async fn timeout_view(pool: &PgPool, order_no: &str) -> Result<Option<TimeoutView>, sqlx::Error> {
+pub async fn timeout_view(pool: &PgPool, order_no: &str) -> Result<Option<TimeoutView>> {
     Ok(orders::read(pool, &[order_no]).await?.pop().map(|seen| TimeoutView {
         status: seen.order.status,
         due: seen.order.expired,
@@ -375,12 +376,7 @@ struct PaymentRow {
 /// of ours, our appid and mchid, and the order's amount; then the payment and order are marked
 /// paid with the transaction id and the raw report, with profit_pay and the order-paid outbox
 /// row. Only SUCCESS settles. Any number of reports of one trade change the state once.
-pub async fn settle(
-    pool: &PgPool,
-    report: &TradeReported,
-    appid: &str,
-    mchid: &str,
-) -> Result<Settlement, sqlx::Error> {
+pub async fn settle(pool: &PgPool, report: &TradeReported, appid: &str, mchid: &str) -> Result<Settlement> {
     let trade = &report.trade;
     let mut tx = pool.begin().await?;
     // The order first, then the payment (the module's lock order).
@@ -428,7 +424,7 @@ async fn apply_trade(
     report: &TradeReported,
     order: &OrderRow,
     payment: &PaymentRow,
-) -> Result<Settlement, sqlx::Error> {
+) -> Result<Settlement> {
     let trade = &report.trade;
     let amount = payment.amount;
     let pay_no = payment.pay_no.as_str();
@@ -459,7 +455,7 @@ async fn apply_trade(
             .execute(&mut *tx)
             .await?;
             if marked.rows_affected() != 1 {
-                return Err(sqlx::Error::Protocol(format!(
+                return Err(Error::Invariant(format!(
                     "payment {pay_no} in state {} cannot settle",
                     payment.status.as_str()
                 )));
@@ -564,27 +560,22 @@ async fn apply_trade(
 
 /// PAYING → UNPAID: the payment it waited for is over without the money, so any method may
 /// pay the order again.
-async fn reopen(tx: &mut PgConnection, order: &OrderRow) -> Result<(), sqlx::Error> {
+async fn reopen(tx: &mut PgConnection, order: &OrderRow) -> Result<()> {
     order.check_becomes(OrderStatus::Unpaid)?;
-    sqlx::query("UPDATE orders SET status = 'UNPAID', paying_pay_no = NULL, pay_type = NULL WHERE order_no = $1")
+    Ok(sqlx::query("UPDATE orders SET status = 'UNPAID', paying_pay_no = NULL, pay_type = NULL WHERE order_no = $1")
         .bind(&order.order_no)
         .execute(tx)
         .await
-        .map(drop)
+        .map(drop)?)
 }
 
 /// Keeps every report that reached the notify-worker, with what it made of it.
-async fn record_report(
-    tx: &mut PgConnection,
-    report: &TradeReported,
-    trade_state: &str,
-    outcome: &str,
-) -> Result<(), sqlx::Error> {
+async fn record_report(tx: &mut PgConnection, report: &TradeReported, trade_state: &str, outcome: &str) -> Result<()> {
     let source = match report.source {
         TradeSource::Notify => "notify",
         TradeSource::Query => "query",
     };
-    sqlx::query(
+    Ok(sqlx::query(
         "INSERT INTO wechat_notifies (notify_id, source, out_trade_no, event_type, trade_state, outcome, raw)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
@@ -597,12 +588,12 @@ async fn record_report(
     .bind(&report.raw)
     .execute(tx)
     .await
-    .map(drop)
+    .map(drop)?)
 }
 
 /// A report WeChat does not stand behind (its signature does not verify, or WeChat has no such
 /// trade): recorded with an alert, never settled.
-pub async fn record_unconfirmed(pool: &PgPool, report: &TradeReported, why: &str) -> Result<(), sqlx::Error> {
+pub async fn record_unconfirmed(pool: &PgPool, report: &TradeReported, why: &str) -> Result<()> {
     let mut tx = pool.begin().await?;
     let order_no: Option<String> = sqlx::query_scalar("SELECT order_no FROM payments WHERE pay_no = $1")
         .bind(&report.trade.out_trade_no)
@@ -611,20 +602,20 @@ pub async fn record_unconfirmed(pool: &PgPool, report: &TradeReported, why: &str
     let detail = format!("unconfirmed_report: {why}");
     alert(&mut tx, "unconfirmed_report", order_no.as_deref(), Some(&report.trade.out_trade_no), &detail).await?;
     record_report(&mut tx, report, "UNCONFIRMED", "alert").await?;
-    tx.commit().await
+    Ok(tx.commit().await?)
 }
 
 /// The state of a WeChat payment, if it exists.
-pub async fn payment_status(pool: &PgPool, pay_no: &str) -> Result<Option<PaymentStatus>, sqlx::Error> {
-    sqlx::query_scalar("SELECT status FROM payments WHERE pay_no = $1 AND method = 'wechat'")
+pub async fn payment_status(pool: &PgPool, pay_no: &str) -> Result<Option<PaymentStatus>> {
+    Ok(sqlx::query_scalar("SELECT status FROM payments WHERE pay_no = $1 AND method = 'wechat'")
         .bind(pay_no)
         .fetch_optional(pool)
-        .await
+        .await?)
 }
 
 /// The sign type a v2 notify must be verified with: its payment's (None for v3, or a payment
 /// created before sign types were kept, or one we do not know: the configured type then).
-pub async fn notify_sign_type(pool: &PgPool, notify: &SignedNotify) -> Result<Option<SignType>, sqlx::Error> {
+pub async fn notify_sign_type(pool: &PgPool, notify: &SignedNotify) -> Result<Option<SignType>> {
     let Some(out_trade_no) = notify.v2_out_trade_no() else { return Ok(None) };
     let sign_type: Option<Option<String>> =
         sqlx::query_scalar("SELECT sign_type FROM payments WHERE pay_no = $1 AND method = 'wechat'")
@@ -640,21 +631,21 @@ async fn alert(
     order_no: Option<&str>,
     pay_no: Option<&str>,
     detail: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO payment_alerts (kind, order_no, pay_no, detail) VALUES ($1, $2, $3, $4)")
+) -> Result<()> {
+    Ok(sqlx::query("INSERT INTO payment_alerts (kind, order_no, pay_no, detail) VALUES ($1, $2, $3, $4)")
         .bind(kind)
         .bind(order_no)
         .bind(pay_no)
         .bind(detail)
         .execute(conn)
         .await
-        .map(drop)
+        .map(drop)?)
 }
 
 /// The alerts recorded for an order (operators, tests).
-pub async fn alerts(pool: &PgPool, order_no: &str) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query_as("SELECT kind, detail FROM payment_alerts WHERE order_no = $1 ORDER BY id")
+pub async fn alerts(pool: &PgPool, order_no: &str) -> Result<Vec<(String, String)>> {
+    Ok(sqlx::query_as("SELECT kind, detail FROM payment_alerts WHERE order_no = $1 ORDER BY id")
         .bind(order_no)
         .fetch_all(pool)
-        .await
+        .await?)
 }

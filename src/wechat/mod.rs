@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::channel::{ChannelError, PayChannel, Prepaid, PrepayOrder, Trade};
+use crate::channel::{ChannelError, Prepaid, PrepayOrder, Trade};
 use crate::config::{ConfigError, WechatApiVersion, WechatSettings};
 use v2::sign::SignType;
 use v3::crypto::{PlatformKeys, SignedHeaders, VerifyError};
@@ -266,29 +266,35 @@ impl Wechat {
     }
 }
 
-impl PayChannel for Wechat {
-    async fn prepay(&self, order: &PrepayOrder) -> Result<Prepaid, ChannelError> {
+/// What the fleet asks of WeChat, through the active API generation. (WeChat is the fleet's one
+/// channel; a second one would get its own module beside `wechat`, and the callers a choice.)
+impl Wechat {
+    /// Creates (or, for the same `out_trade_no` and parameters, finds again) the channel order.
+    pub async fn prepay(&self, order: &PrepayOrder) -> Result<Prepaid, ChannelError> {
         match self.active() {
             Active::V2(c) => c.prepay(order).await,
             Active::V3(c) => c.prepay(order).await,
         }
     }
 
-    async fn query(&self, out_trade_no: &str) -> Result<Trade, ChannelError> {
+    /// The trade's current state at WeChat.
+    pub async fn query(&self, out_trade_no: &str) -> Result<Trade, ChannelError> {
         match self.active() {
             Active::V2(c) => c.query(out_trade_no).await,
             Active::V3(c) => c.query(out_trade_no).await,
         }
     }
 
-    async fn close(&self, out_trade_no: &str) -> Result<(), ChannelError> {
+    /// Closes an unpaid order so it can no longer be paid.
+    pub async fn close(&self, out_trade_no: &str) -> Result<(), ChannelError> {
         match self.active() {
             Active::V2(c) => c.close(out_trade_no).await,
             Active::V3(c) => c.close(out_trade_no).await,
         }
     }
 
-    fn pay_params(&self, prepaid: &Prepaid) -> Value {
+    /// The parameters the client starts paying with, freshly signed.
+    pub fn pay_params(&self, prepaid: &Prepaid) -> Value {
         match self.active() {
             Active::V2(c) => c.pay_params(prepaid),
             Active::V3(c) => c.pay_params(prepaid),

@@ -5,23 +5,21 @@
 
 use std::sync::Arc;
 
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::pay::{channel_error, db_error};
-use crate::cache::Cache;
-use crate::channel::{ChannelError, PayChannel};
+use super::runner::Runner;
+use crate::channel::ChannelError;
 use crate::config::Settings;
 use crate::domain::PaymentStatus;
-use crate::mq::consumer::{self, HandleError, Handler, Incoming, Outcome};
+use crate::mq::consumer::{HandleError, Handler, Incoming, Outcome};
 use crate::mq::messages::{TradeReported, TradeSource};
-use crate::mq::topology::{Topology, WECHAT_NOTIFY};
-use crate::store;
+use crate::mq::topology::WECHAT_NOTIFY;
 use crate::store::wechat::Settlement;
+use crate::store::{self, Pool};
 use crate::wechat::{Notified, SignedNotify, Wechat};
 
 pub struct NotifyHandler {
-    db: PgPool,
+    db: Pool,
     /// Verifies notifies again and queries trades; None when WeChat Pay is not configured (then
     /// nothing can be confirmed, and nothing settles).
     wechat: Option<Arc<Wechat>>,
@@ -40,7 +38,7 @@ enum Confirmed {
 }
 
 impl NotifyHandler {
-    pub fn new(db: PgPool, wechat: Option<Arc<Wechat>>, appid: String, mchid: String) -> NotifyHandler {
+    pub fn new(db: Pool, wechat: Option<Arc<Wechat>>, appid: String, mchid: String) -> NotifyHandler {
         NotifyHandler { db, wechat, appid, mchid }
     }
 
@@ -57,7 +55,7 @@ impl NotifyHandler {
             ));
         };
         let Some(signed) = &report.signed else { return self.query(wechat, &report.trade.out_trade_no).await };
-        let sign_type = store::wechat::notify_sign_type(&self.db, signed).await.map_err(|e| db_error(&e))?;
+        let sign_type = store::wechat::notify_sign_type(&self.db, signed).await?;
         // No time window: the notify passed it on arrival and may have waited in the queue since.
         let verified = match wechat.verify_notify(signed, None, sign_type) {
             Ok(Notified::Trade(verified)) => verified,
@@ -67,7 +65,7 @@ impl NotifyHandler {
             Err(e) => return Ok(Confirmed::Not(format!("the notify does not verify: {e}"))),
         };
         let no = &verified.trade.out_trade_no;
-        let status = store::wechat::payment_status(&self.db, no).await.map_err(|e| db_error(&e))?;
+        let status = store::wechat::payment_status(&self.db, no).await?;
         if verified.trade.trade_state.is_paid()
             && matches!(status, Some(PaymentStatus::Closed | PaymentStatus::Refunded))
         {
@@ -93,7 +91,7 @@ impl NotifyHandler {
             Err(ChannelError::NotFound) => Ok(Confirmed::Not("WeChat has no such trade".into())),
             // WeChat away: hold the report and ask again, rather than spend its retries.
             Err(ChannelError::Transient(e)) => Err(HandleError::Unavailable(format!("WeChat: {e}"))),
-            Err(e) => Err(channel_error(&e)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -108,8 +106,7 @@ impl NotifyHandler {
             Confirmed::Not(why) => return self.unconfirmed(report, &why).await,
         };
         let trade = &report.trade;
-        let settlement =
-            store::wechat::settle(&self.db, &report, &self.appid, &self.mchid).await.map_err(|e| db_error(&e))?;
+        let settlement = store::wechat::settle(&self.db, &report, &self.appid, &self.mchid).await?;
         let (no, state) = (&trade.out_trade_no, trade.trade_state.as_str());
         match &settlement {
             Settlement::Settled => {
@@ -134,7 +131,7 @@ impl NotifyHandler {
     /// Records a report WeChat does not stand behind, with an alert; it is done with (acked):
     /// handling it again would not make it true.
     async fn unconfirmed(&self, report: &TradeReported, why: &str) -> Result<Outcome, HandleError> {
-        store::wechat::record_unconfirmed(&self.db, report, why).await.map_err(|e| db_error(&e))?;
+        store::wechat::record_unconfirmed(&self.db, report, why).await?;
         tracing::error!(out_trade_no = %report.trade.out_trade_no, report_id = %report.report_id, why, "ALERT: a WeChat report WeChat does not stand behind; not settled");
         Ok(Outcome::default())
     }
@@ -155,31 +152,17 @@ impl Handler for NotifyHandler {
 
 /// Runs the notify-worker (and the outbox relay) until `stop`.
 pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
-    let db = store::pool(&settings.database)?;
-    let cache = Cache::new(&settings.redis)?;
-    let topology = Topology::new(&settings.broker);
-    if !store::wait_for_schema(&db, &stop).await {
-        return Ok(());
-    }
-    let sidecars = super::Sidecars::start(&settings, &settings.notify_worker, &db, &cache, &stop)?;
     let wechat = Wechat::from_settings_optional(&settings.wechat)?.map(Arc::new);
     if wechat.is_none() {
         tracing::warn!("WeChat Pay is not configured: reports cannot be confirmed and go to the dead-letter queue");
     }
+    let Some(mut runner) = Runner::start("payfleet-notify-worker", &settings, &settings.notify_worker, &stop).await?
+    else {
+        return Ok(());
+    };
     let handler =
-        Arc::new(NotifyHandler::new(db, wechat, settings.wechat.appid.clone(), settings.wechat.mchid.clone()));
-    let consumer_settings = super::consumer_settings(WECHAT_NOTIFY, "payfleet-notify-worker", &settings.notify_worker);
-    consumer::run(
-        &settings.broker,
-        &topology,
-        &consumer_settings,
-        handler,
-        sidecars.broker_health.clone(),
-        stop.clone(),
-    )
-    .await;
-    stop.cancel();
-    sidecars.finish().await;
-    tracing::info!("notify-worker stopped");
+        NotifyHandler::new(runner.db.clone(), wechat, settings.wechat.appid.clone(), settings.wechat.mchid.clone());
+    runner.consume(WECHAT_NOTIFY, None, handler);
+    runner.run().await;
     Ok(())
 }

@@ -4,25 +4,24 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BrokerSettings, OutboxSettings};
 use crate::mq::publisher::Publisher;
 use crate::mq::topology::Topology;
 use crate::mq::{MqError, connect_with_backoff, envelope, reconnect_backoff};
-use crate::store::{self, outbox};
+use crate::store::{self, Pool, outbox};
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
     #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(#[from] store::Error),
     #[error(transparent)]
     Mq(#[from] MqError),
 }
 
 /// Relays until `stop`, reconnecting to the broker and waiting out database outages.
-pub async fn run(db: PgPool, broker: BrokerSettings, settings: OutboxSettings, stop: CancellationToken) {
+pub async fn run(db: Pool, broker: BrokerSettings, settings: OutboxSettings, stop: CancellationToken) {
     let topology = Topology::new(&broker);
     let idle = Duration::from_millis(settings.poll_ms);
     loop {
@@ -75,15 +74,16 @@ pub async fn run(db: PgPool, broker: BrokerSettings, settings: OutboxSettings, s
 }
 
 /// Publishes up to `limit` unsent rows; returns how many.
-async fn relay_once(db: &PgPool, publisher: &Publisher, topology: &Topology, limit: i64) -> Result<usize, RelayError> {
-    let (mut tx, rows) = outbox::claim_unsent(db, limit).await?;
-    if rows.is_empty() {
-        tx.rollback().await?;
+async fn relay_once(db: &Pool, publisher: &Publisher, topology: &Topology, limit: i64) -> Result<usize, RelayError> {
+    let claim = outbox::claim_unsent(db, limit).await?;
+    if claim.rows.is_empty() {
+        claim.release().await?;
         return Ok(0);
     }
+    let rows = &claim.rows;
     // Publish the whole batch, then collect the confirms: one round of broker latency per batch.
     let mut pending = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         let origin = row.correlation_id.unwrap_or(row.message_id);
         let mut properties =
             envelope::properties(&row.message_id.to_string(), &row.kind, &envelope::traceparent_for(origin))
@@ -96,8 +96,7 @@ async fn relay_once(db: &PgPool, publisher: &Publisher, topology: &Topology, lim
     for confirm in pending {
         confirm.confirmed().await?;
     }
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    store::outbox::mark_sent(&mut tx, &ids).await?;
-    tx.commit().await?;
-    Ok(rows.len())
+    let relayed = rows.len();
+    claim.mark_sent().await?;
+    Ok(relayed)
 }

@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 use common::sim::SimHandle;
 use common::{config_dir, m};
-use payfleet::channel::{ChannelError, PayChannel, Prepaid, PrepayOrder, Trade, TradeState, TradeType};
+use payfleet::channel::{ChannelError, Prepaid, PrepayOrder, Trade, TradeState, TradeType};
 use payfleet::config::Settings;
 use payfleet::wechat::v3::crypto::SignedHeaders;
 use payfleet::wechat::{Notified, SignedNotify, Wechat};

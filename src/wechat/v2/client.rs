@@ -9,7 +9,7 @@ use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 
 use super::sign::{SignType, sign, verify};
 use super::xml;
-use crate::channel::{ChannelError, PayChannel, Prepaid, PrepayOrder, Trade, TradeState, TradeType};
+use crate::channel::{ChannelError, Prepaid, PrepayOrder, Trade, TradeState, TradeType};
 use crate::wechat::v3::sign::nonce;
 
 pub struct Client {
@@ -159,8 +159,9 @@ fn fields(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
     pairs.iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
 }
 
-impl PayChannel for Client {
-    async fn prepay(&self, order: &PrepayOrder) -> Result<Prepaid, ChannelError> {
+/// The calls the fleet makes at WeChat, in this API generation.
+impl Client {
+    pub async fn prepay(&self, order: &PrepayOrder) -> Result<Prepaid, ChannelError> {
         let trade_type = match order.trade_type {
             TradeType::Jsapi => "JSAPI",
             TradeType::H5 => "MWEB",
@@ -213,16 +214,16 @@ impl PayChannel for Client {
         })
     }
 
-    async fn query(&self, out_trade_no: &str) -> Result<Trade, ChannelError> {
+    pub async fn query(&self, out_trade_no: &str) -> Result<Trade, ChannelError> {
         let answer = self.call("/pay/orderquery", fields(&[("out_trade_no", out_trade_no.to_owned())])).await?;
         to_trade(&answer).map_err(ChannelError::Transient)
     }
 
-    async fn close(&self, out_trade_no: &str) -> Result<(), ChannelError> {
+    pub async fn close(&self, out_trade_no: &str) -> Result<(), ChannelError> {
         self.call("/pay/closeorder", fields(&[("out_trade_no", out_trade_no.to_owned())])).await.map(drop)
     }
 
-    fn pay_params(&self, prepaid: &Prepaid) -> Value {
+    pub fn pay_params(&self, prepaid: &Prepaid) -> Value {
         let timestamp = OffsetDateTime::now_utc().unix_timestamp().to_string();
         let nonce = nonce();
         let key = self.key.expose_secret();

@@ -13,7 +13,7 @@ use super::sign::{Authorization, nonce, pay_sign_message, sign};
 use super::types::{
     Amount, CloseRequest, ErrorBody, H5Info, Notify, Payer, PrepayRequest, PrepayResponse, SceneInfo, Transaction,
 };
-use crate::channel::{ChannelError, PayChannel, Prepaid, PrepayOrder, Trade, TradeState, TradeType};
+use crate::channel::{ChannelError, Prepaid, PrepayOrder, Trade, TradeState, TradeType};
 
 /// Everything the v3 client needs, resolved from settings.
 pub struct Client {
@@ -184,8 +184,9 @@ pub fn to_trade(t: Transaction) -> Result<Trade, String> {
     })
 }
 
-impl PayChannel for Client {
-    async fn prepay(&self, order: &PrepayOrder) -> Result<Prepaid, ChannelError> {
+/// The calls the fleet makes at WeChat, in this API generation.
+impl Client {
+    pub async fn prepay(&self, order: &PrepayOrder) -> Result<Prepaid, ChannelError> {
         let scene = |h5: bool| SceneInfo {
             payer_client_ip: order.client_ip.clone(),
             h5_info: h5.then(|| H5Info { kind: "Wap".into() }),
@@ -222,20 +223,20 @@ impl PayChannel for Client {
         })
     }
 
-    async fn query(&self, out_trade_no: &str) -> Result<Trade, ChannelError> {
+    pub async fn query(&self, out_trade_no: &str) -> Result<Trade, ChannelError> {
         let path = format!("/v3/pay/transactions/out-trade-no/{out_trade_no}?mchid={}", self.mchid);
         let transaction: Transaction = serde_json::from_slice(&self.call(Method::GET, &path, None).await?)
             .map_err(|e| ChannelError::Transient(format!("unreadable query answer: {e}")))?;
         to_trade(transaction).map_err(ChannelError::Transient)
     }
 
-    async fn close(&self, out_trade_no: &str) -> Result<(), ChannelError> {
+    pub async fn close(&self, out_trade_no: &str) -> Result<(), ChannelError> {
         let path = format!("/v3/pay/transactions/out-trade-no/{out_trade_no}/close");
         let body = serde_json::to_string(&CloseRequest { mchid: self.mchid.clone() }).expect("serialises");
         self.call(Method::POST, &path, Some(body)).await.map(drop)
     }
 
-    fn pay_params(&self, prepaid: &Prepaid) -> Value {
+    pub fn pay_params(&self, prepaid: &Prepaid) -> Value {
         let timestamp = now().to_string();
         let nonce = nonce();
         match prepaid {

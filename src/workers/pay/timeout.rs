@@ -4,29 +4,27 @@
 
 use std::sync::Arc;
 
-use sqlx::PgPool;
-
-use super::pay::db_error;
-use crate::channel::{ChannelError, PayChannel};
+use crate::channel::{ChannelError, Trade};
+use crate::channel_sync;
 use crate::domain::OrderStatus;
 use crate::mq::consumer::{HandleError, Handler, Incoming, Outcome};
 use crate::mq::messages::PayTimeoutDue;
-use crate::store;
 use crate::store::wechat::Expiry;
+use crate::store::{self, Pool};
 use crate::wechat::Wechat;
 
 pub struct TimeoutHandler {
-    db: PgPool,
+    db: Pool,
     wechat: Option<Arc<Wechat>>,
 }
 
 impl TimeoutHandler {
-    pub fn new(db: PgPool, wechat: Option<Arc<Wechat>>) -> TimeoutHandler {
+    pub fn new(db: Pool, wechat: Option<Arc<Wechat>>) -> TimeoutHandler {
         TimeoutHandler { db, wechat }
     }
 
     async fn check(&self, order_no: &str) -> Result<Outcome, HandleError> {
-        let Some(view) = store::wechat::timeout_view(&self.db, order_no).await.map_err(|e| db_error(&e))? else {
+        let Some(view) = store::wechat::timeout_view(&self.db, order_no).await? else {
             tracing::warn!(order_no, "expiry check for an unknown order");
             return Ok(Outcome::default());
         };
@@ -60,7 +58,7 @@ impl TimeoutHandler {
                 Err(e) => return Err(retry_later(&e)),
             }
         }
-        match store::wechat::expire(&self.db, order_no, checked).await.map_err(|e| db_error(&e))? {
+        match store::wechat::expire(&self.db, order_no, checked).await? {
             Expiry::Closed => tracing::info!(order_no, "pay time ran out: order closed"),
             Expiry::Unchanged => {}
             // A WeChat payment began after the view was read: check that one at WeChat first.
@@ -69,8 +67,8 @@ impl TimeoutHandler {
         Ok(Outcome::default())
     }
 
-    async fn report(&self, trade: &crate::channel::Trade) -> Result<Outcome, HandleError> {
-        store::wechat::report_trade(&self.db, trade).await.map_err(|e| db_error(&e))?;
+    async fn report(&self, trade: &Trade) -> Result<Outcome, HandleError> {
+        channel_sync::report(&self.db, trade).await?;
         Ok(Outcome::default())
     }
 }

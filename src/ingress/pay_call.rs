@@ -1,0 +1,96 @@
+//! Handing a pay request to the pay-worker and turning its reply into the HTTP answer: the
+//! request is published to `pay.requests` with a publisher confirm and the reply awaited; if
+//! none comes within `ingress.reply_timeout_ms` the answer is 202 PROCESSING, the request stays
+//! queued, and the worker still settles it.
+
+use axum::response::Response;
+use serde_json::json;
+
+use super::respond::{ok, processing, rfc3339};
+use super::{ApiError, AppState, RequestId, Result};
+use crate::domain::PayMethod;
+use crate::domain::payment::Receipt;
+use crate::mq::MqError;
+use crate::mq::envelope::traceparent_for;
+use crate::mq::messages::{PayReplied, PayRequested, PrepaidReply};
+use crate::mq::rpc::{Called, Outgoing};
+
+/// Pays from an internal asset: 200 with the receipt, the refusal, or 202.
+pub async fn pay_with_asset(app: &AppState, request_id: RequestId, request: &PayRequested) -> Result<Response> {
+    let order_no = order_no(request);
+    match call_pay_worker(app, request_id, order_no, request).await? {
+        Some(PayReplied::Paid(receipt)) => Ok(paid(order_no, &receipt)),
+        Some(PayReplied::Refused(refusal)) => Err(refusal.into()),
+        Some(PayReplied::Prepaid(_)) => {
+            Err(ApiError::internal(&"the pay-worker answered an asset payment with pay params"))
+        }
+        None => Ok(processing(order_no)),
+    }
+}
+
+/// Creates or reuses a WeChat payment: the pay params as `present` shapes them, the refusal,
+/// or 202.
+pub async fn pay_with_wechat(
+    app: &AppState,
+    request_id: RequestId,
+    request: &PayRequested,
+    present: impl FnOnce(PrepaidReply) -> Response,
+) -> Result<Response> {
+    let order_no = order_no(request);
+    match call_pay_worker(app, request_id, order_no, request).await? {
+        Some(PayReplied::Prepaid(prepaid)) => Ok(present(prepaid)),
+        Some(PayReplied::Refused(refusal)) => Err(refusal.into()),
+        Some(PayReplied::Paid(_)) => Err(ApiError::internal(&"the pay-worker answered a WeChat create with a receipt")),
+        None => Ok(processing(order_no)),
+    }
+}
+
+fn order_no(request: &PayRequested) -> &str {
+    match request {
+        PayRequested::Asset(r) => &r.order_no,
+        PayRequested::WechatCreate(r) => &r.order_no,
+    }
+}
+
+/// Publishes a pay request and waits for the pay-worker's answer: None when it did not come in
+/// time (the request is queued and will be handled; answer 202).
+async fn call_pay_worker(
+    app: &AppState,
+    RequestId(request_id): RequestId,
+    order_no: &str,
+    request: &PayRequested,
+) -> Result<Option<PayReplied>> {
+    let body = serde_json::to_vec(request).map_err(|e| ApiError::internal(&e))?;
+    let message_id = request_id.to_string();
+    let traceparent = traceparent_for(request_id);
+    let out = Outgoing::event::<PayRequested>(&message_id, &traceparent, &body);
+    match app.rpc.call(&out, app.reply_timeout).await {
+        Ok(Called::Replied(reply)) => match serde_json::from_slice::<PayReplied>(&reply) {
+            Ok(reply) => Ok(Some(reply)),
+            Err(e) => {
+                Err(ApiError::uncertain(&format_args!("unreadable reply from the pay-worker for {order_no}: {e}")))
+            }
+        },
+        Ok(Called::TimedOut) => Ok(None),
+        Err(e @ MqError::Unconfirmed(_)) => Err(ApiError::uncertain(&e)),
+        Err(e) => Err(ApiError::unavailable(&e)),
+    }
+}
+
+/// 200 with the seed's fields for the method.
+fn paid(order_no: &str, receipt: &Receipt) -> Response {
+    let (remaining_key, message) = match receipt.method {
+        PayMethod::Balance => ("remaining_balance", "balance payment succeeded"),
+        PayMethod::Integral => ("remaining_integral", "integral payment succeeded"),
+        PayMethod::Money2 => ("remaining_money2", "money2 payment succeeded"),
+        PayMethod::Wechat => ("remaining", "payment succeeded"),
+    };
+    let mut data = json!({
+        "order_no": order_no,
+        "pay_no": receipt.pay_no,
+        "pay_time": rfc3339(receipt.pay_time),
+        "pay_status": "SUCCESS",
+    });
+    data[remaining_key] = json!(receipt.remaining);
+    ok(message, data)
+}
