@@ -19,14 +19,8 @@ const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Keys whose values are secrets: allowed from the environment or a file, never from a config
 /// file.
-const SECRET_KEYS: &[&str] = &[
-    "auth.jwt_secret",
-    "pay.password_pepper",
-    "pay.seal_keys",
-    "wechat.api_v3_key",
-    "wechat.api_v2_key",
-    "wechat.app_secret",
-];
+const SECRET_KEYS: &[&str] =
+    &["auth.jwt_secret", "pay.password_pepper", "pay.seal_keys", "wechat.api_v3_key", "wechat.api_v2_key"];
 
 /// Why the settings could not be loaded; every message names the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -276,8 +270,6 @@ pub struct WechatSettings {
     api_v2_key_file: Option<PathBuf>,
     api_v3_key: Option<SecretString>,
     api_v3_key_file: Option<PathBuf>,
-    app_secret: Option<SecretString>,
-    app_secret_file: Option<PathBuf>,
     /// v3: the merchant API certificate's serial number.
     pub merchant_serial_no: String,
     /// v3: the merchant API private key (`apiclient_key.pem`).
@@ -564,15 +556,6 @@ impl WechatSettings {
     pub fn api_v3_key(&self) -> Option<Result<SecretString, ConfigError>> {
         (self.api_v3_key.is_some() || self.api_v3_key_file.is_some())
             .then(|| resolve_secret("wechat.api_v3_key", self.api_v3_key.as_ref(), self.api_v3_key_file.as_deref(), 32))
-    }
-
-    /// The mini-program AppSecret (for access tokens).
-    pub fn app_secret(&self) -> Result<SecretString, ConfigError> {
-        resolve_secret("wechat.app_secret", self.app_secret.as_ref(), self.app_secret_file.as_deref(), 1)
-    }
-
-    pub fn http_timeout(&self) -> Duration {
-        Duration::from_millis(self.http_timeout_ms)
     }
 }
 

@@ -12,15 +12,22 @@
 //!    PROCESSING if the reply did not come in time;
 //! 6. `workers::relay` publishes the outbox (order paid → `order.followup`).
 //!
-//! A WeChat payment: the pay-worker begins it and calls the channel's prepay (`channel`,
+//! A WeChat payment: the pay-worker begins it and calls WeChat's prepay (`workers::pay`,
 //! `wechat`); the ingress verifies WeChat's notify and publishes it to `wechat.notify`;
-//! `workers::notify` settles it; `workers::timeout` closes what runs out of pay time; `sim` is
-//! the WeChat simulator.
+//! `workers::notify` settles it; `workers::pay::timeout` closes what runs out of pay time;
+//! `sim` is the WeChat simulator.
 //!
-//! Modules: `domain` (pure types), `config`, `telemetry`, `shutdown`, `auth` (JWT), `password`,
-//! `cache` (Redis), `store` (PostgreSQL), `mq` (RabbitMQ), `ingress` (axum), `workers`,
-//! `channel` and `wechat` (WeChat Pay v2/v3), `sim` (wechat-sim), `ctl` (payctl: demo, bench,
-//! fleet supervisor).
+//! The modules, one line each (README, "Layout"):
+//! - `domain`: money, orders and their states, payments, error codes; no I/O;
+//! - `config`, `telemetry`, `shutdown`: settings, logs, stopping, for every binary;
+//! - `auth` (JWT), `password` (pay passwords, sealed for the broker);
+//! - `store`: PostgreSQL, every SQL statement, the outbox, `store::Error`;
+//! - `cache`: Redis (password attempts, SMS codes, notify nonces, rate limits);
+//! - `mq`: RabbitMQ (the queue table, events, confirmed publishing, the consumer framework);
+//! - `ingress`: the HTTP API (axum);
+//! - `workers`: the pay-worker, the notify-worker, the outbox relay;
+//! - `channel`, `channel_sync`, `wechat`: WeChat Pay v2 and v3, and keeping in step with it;
+//! - `sim`: wechat-sim; `ctl`: payctl (demo, bench, the fleet supervisor).
 
 pub mod auth;
 pub mod cache;

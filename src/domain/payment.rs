@@ -53,6 +53,62 @@ impl IntegralRules {
     }
 }
 
+/// Why a payment needs an operator (`payment_alerts.kind`, README "Alerts").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// WeChat reports another amount than the order's: not settled.
+    AmountMismatch,
+    /// The trade names another appid or mchid than ours: not settled.
+    MerchantMismatch,
+    /// The trade names no WeChat payment of ours.
+    UnknownTrade,
+    /// A report WeChat does not stand behind (its signature fails, WeChat has no such trade).
+    UnconfirmedReport,
+    /// WeChat took the money after the order closed: the order is paid.
+    PaidAfterClose,
+    /// WeChat took the money after reporting the trade closed: the order is paid.
+    PaidAfterFailure,
+    /// A second payment of a paid order: refund one.
+    DoublePayment,
+    /// Paid and refunded at WeChat before it settled here: the order stays unpaid.
+    RefundedUnsettled,
+    /// A settled payment refunded outside payfleet (the merchant platform).
+    RefundedOutside,
+    /// A SUCCESS report for a payment WeChat reported refunded before: not settled.
+    SuccessAfterRefund,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::AmountMismatch => "amount_mismatch",
+            AlertKind::MerchantMismatch => "merchant_mismatch",
+            AlertKind::UnknownTrade => "unknown_trade",
+            AlertKind::UnconfirmedReport => "unconfirmed_report",
+            AlertKind::PaidAfterClose => "paid_after_close",
+            AlertKind::PaidAfterFailure => "paid_after_failure",
+            AlertKind::DoublePayment => "double_payment",
+            AlertKind::RefundedUnsettled => "refunded_unsettled",
+            AlertKind::RefundedOutside => "refunded_outside",
+            AlertKind::SuccessAfterRefund => "success_after_refund",
+        }
+    }
+}
+
+/// An alert: its kind, and what an operator reads (which starts with the kind).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alert {
+    pub kind: AlertKind,
+    pub detail: String,
+}
+
+impl Alert {
+    pub fn new(kind: AlertKind, why: impl std::fmt::Display) -> Alert {
+        Alert { kind, detail: format!("{}: {why}", kind.as_str()) }
+    }
+}
+
 /// A payment's state, in `payments.status`.
 ///
 /// ```text

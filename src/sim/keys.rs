@@ -109,7 +109,6 @@ impl SimKeys {
             ("PAYFLEET__WECHAT__MCHID", self.mchid.clone()),
             ("PAYFLEET__WECHAT__API_V3_KEY_FILE", path("api_v3_key")),
             ("PAYFLEET__WECHAT__API_V2_KEY_FILE", path("api_v2_key")),
-            ("PAYFLEET__WECHAT__APP_SECRET_FILE", path("app_secret")),
             ("PAYFLEET__WECHAT__MERCHANT_SERIAL_NO", self.merchant_serial.clone()),
             ("PAYFLEET__WECHAT__MERCHANT_PRIVATE_KEY_FILE", path("apiclient_key.pem")),
             ("PAYFLEET__WECHAT__PUBLIC_KEY_ID", self.public_key_id.clone()),

@@ -17,7 +17,7 @@ use super::outbox;
 use crate::channel::{Prepaid, Trade, TradeState, TradeType};
 use crate::config::WechatApiVersion;
 use crate::domain::order::{OrderFacts, check_payable};
-use crate::domain::payment::Refusal;
+use crate::domain::payment::{Alert, AlertKind, Refusal};
 use crate::domain::{Code, Money, OrderStatus, PayMethod, PaymentStatus};
 use crate::mq::messages::{OrderPaid, TradeReported, TradeSource, WechatCreateRequested};
 use crate::wechat::SignedNotify;
@@ -348,7 +348,7 @@ pub enum Settlement {
     /// The trade is still waiting for the payer (or an attempt failed and it can be paid again).
     Pending,
     /// Must not settle; an alert was recorded.
-    Alert(String),
+    Alert(Alert),
 }
 
 impl Settlement {
@@ -403,15 +403,17 @@ pub async fn settle(pool: &PgPool, report: &TradeReported, appid: &str, mchid: &
         (Some(order), Some(payment)) if trade.appid == appid && trade.mchid == mchid => {
             apply_trade(&mut tx, report, order, payment).await?
         }
-        (Some(_), Some(_)) => Settlement::Alert(format!(
-            "merchant_mismatch: the trade names appid {} mchid {}, we are {appid} {mchid}",
-            trade.appid, trade.mchid
+        (Some(_), Some(_)) => Settlement::Alert(Alert::new(
+            AlertKind::MerchantMismatch,
+            format_args!("the trade names appid {} mchid {}, we are {appid} {mchid}", trade.appid, trade.mchid),
         )),
-        _ => Settlement::Alert(format!("unknown_trade: no WeChat payment {}", trade.out_trade_no)),
+        _ => Settlement::Alert(Alert::new(
+            AlertKind::UnknownTrade,
+            format_args!("no WeChat payment {}", trade.out_trade_no),
+        )),
     };
-    if let Settlement::Alert(detail) = &settlement {
-        let kind = detail.split(':').next().unwrap_or("alert");
-        alert(&mut tx, kind, order_no.as_deref(), Some(&trade.out_trade_no), detail).await?;
+    if let Settlement::Alert(raised) = &settlement {
+        alert(&mut tx, raised, order_no.as_deref(), Some(&trade.out_trade_no)).await?;
     }
     record_report(&mut tx, report, trade.trade_state.as_str(), settlement.outcome()).await?;
     tx.commit().await?;
@@ -434,13 +436,13 @@ async fn apply_trade(
         TradeState::Success if payment.status == PaymentStatus::Success => Ok(Settlement::Duplicate),
         // Paid back at WeChat already: a SUCCESS for it is an old report (a late retry of the
         // first notify), never money to settle.
-        TradeState::Success if payment.status == PaymentStatus::Refunded => Ok(Settlement::Alert(format!(
-            "success_after_refund: a SUCCESS report for {pay_no}, which WeChat reported refunded before; not settled"
+        TradeState::Success if payment.status == PaymentStatus::Refunded => Ok(Settlement::Alert(Alert::new(
+            AlertKind::SuccessAfterRefund,
+            format_args!("a SUCCESS report for {pay_no}, which WeChat reported refunded before; not settled"),
         ))),
-        TradeState::Success if trade.total_fen != Some(amount.to_fen()) => Ok(Settlement::Alert(format!(
-            "amount_mismatch: WeChat reports {:?} fen, the order is {} fen",
-            trade.total_fen,
-            amount.to_fen()
+        TradeState::Success if trade.total_fen != Some(amount.to_fen()) => Ok(Settlement::Alert(Alert::new(
+            AlertKind::AmountMismatch,
+            format_args!("WeChat reports {:?} fen, the order is {} fen", trade.total_fen, amount.to_fen()),
         ))),
         TradeState::Success => {
             let paid_at = trade.success_time.unwrap_or_else(OffsetDateTime::now_utc);
@@ -474,24 +476,26 @@ async fn apply_trade(
             if order.status == OrderStatus::Paid {
                 // Paid twice (another method settled it first): the money is real, so the
                 // payment stands and an operator refunds one of them.
-                let detail =
-                    format!("double_payment: order already paid by {}", order.pay_no.clone().unwrap_or_default());
-                alert(tx, "double_payment", Some(order_no), Some(pay_no), &detail).await?;
+                let raised = Alert::new(
+                    AlertKind::DoublePayment,
+                    format_args!("order already paid by {}", order.pay_no.clone().unwrap_or_default()),
+                );
+                alert(tx, &raised, Some(order_no), Some(pay_no)).await?;
                 return Ok(Settlement::Settled);
             }
             if !waited_for {
-                let (kind, detail) = if order.status == OrderStatus::Closed {
-                    (
-                        "paid_after_close",
-                        "paid_after_close: WeChat took the money after the order closed; it is paid now",
+                let raised = if order.status == OrderStatus::Closed {
+                    Alert::new(
+                        AlertKind::PaidAfterClose,
+                        "WeChat took the money after the order closed; it is paid now",
                     )
                 } else {
-                    (
-                        "paid_after_failure",
-                        "paid_after_failure: WeChat took the money after reporting the trade closed; it is paid now",
+                    Alert::new(
+                        AlertKind::PaidAfterFailure,
+                        "WeChat took the money after reporting the trade closed; it is paid now",
                     )
                 };
-                alert(tx, kind, Some(order_no), Some(pay_no), detail).await?;
+                alert(tx, &raised, Some(order_no), Some(pay_no)).await?;
             }
             order.check_becomes(OrderStatus::Paid)?;
             sqlx::query(
@@ -520,8 +524,9 @@ async fn apply_trade(
         // The payer paid and the money went back (a refund in the merchant platform) before
         // any report settled it here: nothing was bought, so the order stays unpaid, and an
         // operator reconciles the trade.
-        TradeState::Refund if payment.status == PaymentStatus::Success => Ok(Settlement::Alert(format!(
-            "refunded_outside: WeChat reports {pay_no} refunded, outside payfleet, after it settled"
+        TradeState::Refund if payment.status == PaymentStatus::Success => Ok(Settlement::Alert(Alert::new(
+            AlertKind::RefundedOutside,
+            format_args!("WeChat reports {pay_no} refunded, outside payfleet, after it settled"),
         ))),
         TradeState::Refund => {
             sqlx::query(
@@ -535,8 +540,11 @@ async fn apply_trade(
             if waited_for {
                 reopen(tx, order).await?;
             }
-            Ok(Settlement::Alert(format!(
-                "refunded_unsettled: WeChat reports {pay_no} paid and refunded before it settled here; the order stays unpaid"
+            Ok(Settlement::Alert(Alert::new(
+                AlertKind::RefundedUnsettled,
+                format_args!(
+                    "WeChat reports {pay_no} paid and refunded before it settled here; the order stays unpaid"
+                ),
             )))
         }
         // A failed attempt (PAYERROR) leaves the trade payable: the payment stays PAYING and
@@ -599,8 +607,8 @@ pub async fn record_unconfirmed(pool: &PgPool, report: &TradeReported, why: &str
         .bind(&report.trade.out_trade_no)
         .fetch_optional(&mut *tx)
         .await?;
-    let detail = format!("unconfirmed_report: {why}");
-    alert(&mut tx, "unconfirmed_report", order_no.as_deref(), Some(&report.trade.out_trade_no), &detail).await?;
+    let raised = Alert::new(AlertKind::UnconfirmedReport, why);
+    alert(&mut tx, &raised, order_no.as_deref(), Some(&report.trade.out_trade_no)).await?;
     record_report(&mut tx, report, "UNCONFIRMED", "alert").await?;
     Ok(tx.commit().await?)
 }
@@ -625,18 +633,12 @@ pub async fn notify_sign_type(pool: &PgPool, notify: &SignedNotify) -> Result<Op
     Ok(sign_type.flatten().as_deref().and_then(SignType::parse))
 }
 
-async fn alert(
-    conn: &mut PgConnection,
-    kind: &str,
-    order_no: Option<&str>,
-    pay_no: Option<&str>,
-    detail: &str,
-) -> Result<()> {
+async fn alert(conn: &mut PgConnection, alert: &Alert, order_no: Option<&str>, pay_no: Option<&str>) -> Result<()> {
     Ok(sqlx::query("INSERT INTO payment_alerts (kind, order_no, pay_no, detail) VALUES ($1, $2, $3, $4)")
-        .bind(kind)
+        .bind(alert.kind.as_str())
         .bind(order_no)
         .bind(pay_no)
-        .bind(detail)
+        .bind(&alert.detail)
         .execute(conn)
         .await
         .map(drop)?)

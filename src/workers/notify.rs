@@ -121,8 +121,8 @@ impl NotifyHandler {
             Settlement::Pending => {
                 tracing::debug!(out_trade_no = %no, trade_state = state, "WeChat trade still waiting")
             }
-            Settlement::Alert(detail) => {
-                tracing::error!(out_trade_no = %no, %detail, "ALERT: WeChat report not settled")
+            Settlement::Alert(alert) => {
+                tracing::error!(out_trade_no = %no, kind = alert.kind.as_str(), detail = %alert.detail, "ALERT: WeChat report not settled")
             }
         }
         Ok(Outcome::default())

@@ -7,6 +7,7 @@ use crate::common;
 use common::trades::{APPID, MCHID, V3, create_request, report};
 use common::{TestEnv, m};
 use payfleet::channel::TradeState;
+use payfleet::domain::payment::AlertKind;
 use payfleet::mq::messages::TradeReported;
 use payfleet::store::wechat::{Begun, Settlement, begin, settle};
 use std::time::Duration;
@@ -43,11 +44,20 @@ async fn only_a_matching_trade_settles_and_only_once() {
     assert_eq!(payment_status(&env, &pay_no).await, "PAYING");
     // Another merchant's appid, the wrong amount, an unknown trade: alerts, nothing paid.
     let alert = settle(db, &report(&pay_no, TradeState::Success, 1000, "wxother"), APPID, MCHID).await.unwrap();
-    assert!(matches!(alert, Settlement::Alert(ref d) if d.starts_with("merchant_mismatch")), "{alert:?}");
+    assert!(
+        matches!(alert, Settlement::Alert(ref a) if a.kind == AlertKind::MerchantMismatch && a.detail.starts_with("merchant_mismatch")),
+        "{alert:?}"
+    );
     let alert = settle(db, &report(&pay_no, TradeState::Success, 999, APPID), APPID, MCHID).await.unwrap();
-    assert!(matches!(alert, Settlement::Alert(ref d) if d.starts_with("amount_mismatch")), "{alert:?}");
+    assert!(
+        matches!(alert, Settlement::Alert(ref a) if a.kind == AlertKind::AmountMismatch && a.detail.starts_with("amount_mismatch")),
+        "{alert:?}"
+    );
     let alert = settle(db, &report("WX0000000000404", TradeState::Success, 1000, APPID), APPID, MCHID).await.unwrap();
-    assert!(matches!(alert, Settlement::Alert(ref d) if d.starts_with("unknown_trade")), "{alert:?}");
+    assert!(
+        matches!(alert, Settlement::Alert(ref a) if a.kind == AlertKind::UnknownTrade && a.detail.starts_with("unknown_trade")),
+        "{alert:?}"
+    );
     assert_eq!(payment_status(&env, &pay_no).await, "PAYING");
     let kinds: Vec<(String, String)> = payfleet::store::wechat::alerts(db, &orders[0]).await.unwrap();
     assert_eq!(kinds.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["merchant_mismatch", "amount_mismatch"]);
@@ -108,11 +118,17 @@ async fn a_success_reported_after_the_refund_never_pays_the_order() {
     let db = &env.admin.db;
     // Paid, the notify lost, refunded in the merchant platform: the query finds REFUND.
     let refunded = settle(db, &report(&pay_no, TradeState::Refund, 1000, APPID), APPID, MCHID).await.unwrap();
-    assert!(matches!(refunded, Settlement::Alert(ref d) if d.starts_with("refunded_unsettled")), "{refunded:?}");
+    assert!(
+        matches!(refunded, Settlement::Alert(ref a) if a.kind == AlertKind::RefundedUnsettled && a.detail.starts_with("refunded_unsettled")),
+        "{refunded:?}"
+    );
     assert_eq!(payment_status(&env, &pay_no).await, "REFUNDED");
     // Then WeChat's retry of the original SUCCESS notify arrives, genuine and late.
     let late = settle(db, &report(&pay_no, TradeState::Success, 1000, APPID), APPID, MCHID).await.unwrap();
-    assert!(matches!(late, Settlement::Alert(ref d) if d.starts_with("success_after_refund")), "{late:?}");
+    assert!(
+        matches!(late, Settlement::Alert(ref a) if a.kind == AlertKind::SuccessAfterRefund && a.detail.starts_with("success_after_refund")),
+        "{late:?}"
+    );
     assert_eq!(payment_status(&env, &pay_no).await, "REFUNDED");
     let status: String =
         sqlx::query_scalar("SELECT status FROM orders WHERE order_no = $1").bind(&order).fetch_one(db).await.unwrap();

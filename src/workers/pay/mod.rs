@@ -33,7 +33,7 @@ use crate::store::Pool;
 use crate::wechat::Wechat;
 
 /// Settles pay requests.
-pub struct PayHandler {
+struct PayHandler {
     db: Pool,
     cache: Cache,
     passwords: PasswordHasher,
@@ -48,20 +48,6 @@ pub struct PayHandler {
 
 /// What becomes of one request before it is serialised into the reply.
 type Answer = Result<PayReplied, HandleError>;
-
-impl PayHandler {
-    pub fn new(
-        db: Pool,
-        cache: Cache,
-        passwords: PasswordHasher,
-        sealer: Sealer,
-        pay: PaySettings,
-        wechat: Option<Arc<Wechat>>,
-        prepay_valid: std::time::Duration,
-    ) -> PayHandler {
-        PayHandler { db, cache, passwords, sealer, pay, wechat, prepay_valid }
-    }
-}
 
 /// What a pay request is about, whatever its kind (for logs and remembered refusals).
 struct Subject<'a> {
@@ -201,7 +187,15 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
     };
     let prepay_valid = std::time::Duration::from_secs(settings.wechat.prepay_valid_secs);
     let (db, cache) = (runner.db.clone(), runner.cache.clone());
-    let pay = PayHandler::new(db.clone(), cache, passwords, sealer, settings.pay.clone(), wechat.clone(), prepay_valid);
+    let pay = PayHandler {
+        db: db.clone(),
+        cache,
+        passwords,
+        sealer,
+        pay: settings.pay.clone(),
+        wechat: wechat.clone(),
+        prepay_valid,
+    };
     runner.consume(PAY_REQUESTS, None, pay);
     runner.consume(PAY_TIMEOUT, Some("timeouts"), timeout::TimeoutHandler::new(db, wechat));
     runner.run().await;
