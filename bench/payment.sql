@@ -1,7 +1,8 @@
 -- The pay-worker's SQL for ONE integral payment per transaction (src/store/payments.rs with a
 -- batch of one), for pgbench: the bare-database baseline the fleet's throughput is compared to.
--- Six round trips, as the worker: BEGIN, lock the order (store::orders::lock), lock the user,
--- draw the pay number, the single write statement, COMMIT. (The worker's seventh, who paid an
+-- Seven round trips, as the worker: BEGIN, lock the order (store::orders::lock), lock the user,
+-- draw the pay number, the write statement, the order-paid event (store::outbox::enqueue_all),
+-- COMMIT. (The worker's seventh, who paid an
 -- already-paid order, never runs here: every order is fresh.) Seed orders first with
 -- bench/prepare.sql; see there for the commands.
 
@@ -29,12 +30,10 @@ WITH d AS (
     SELECT * FROM unnest(ARRAY['INT' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS') || lpad(':seq', 10, '0')],
                          ARRAY[gen_random_uuid()], ARRAY[:user_id]::bigint[], ARRAY[':order_no'], ARRAY['integral'],
                          ARRAY[1.00]::numeric[], ARRAY[10.00]::numeric[], ARRAY['integral'],
-                         ARRAY[:u_integral - 10.00]::numeric[], ARRAY[3]::smallint[], ARRAY['积分支付'],
-                         ARRAY[gen_random_uuid()],
-                         ARRAY[jsonb_build_object('order_no', ':order_no', 'user_id', :user_id, 'amount', '1.00')::text])
+                         ARRAY[:u_integral - 10.00]::numeric[], ARRAY[3]::smallint[], ARRAY['积分支付'])
       WITH ORDINALITY
       AS i(pay_no, request_id, user_id, order_no, method, amount, asset_amount, asset, balance_after,
-           pay_type, content, message_id, payload, ord)
+           pay_type, content, ord)
 ), p AS (
     INSERT INTO payments (pay_no, order_no, user_id, method, amount, asset_amount, status, request_id, paid_at)
     SELECT pay_no, order_no, user_id, method, amount, asset_amount, 'SUCCESS', request_id, now() FROM i
@@ -49,9 +48,13 @@ WITH d AS (
     UPDATE orders SET status = 'PAID', pay_type = i.method, pay_no = i.pay_no, paid_at = now()
     FROM i WHERE orders.order_no = i.order_no AND orders.status = 'UNPAID'
     RETURNING 1
-), ob AS (
-    INSERT INTO outbox (message_id, correlation_id, queue, kind, payload)
-    SELECT message_id, request_id, 'order.followup', 'order_paid', payload::jsonb FROM i
 )
 SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM p), (SELECT count(*) FROM o);
+INSERT INTO outbox (message_id, correlation_id, queue, kind, payload, delay_ms)
+SELECT message_id, correlation_id, 'order.followup', 'order_paid', payload::jsonb, delay_ms
+FROM unnest(ARRAY[gen_random_uuid()], ARRAY[gen_random_uuid()],
+            ARRAY[jsonb_build_object('order_no', ':order_no', 'user_id', :user_id, 'amount', '1.00')::text],
+            ARRAY[NULL]::bigint[]) WITH ORDINALITY
+     AS e(message_id, correlation_id, payload, delay_ms, ord)
+ORDER BY ord;
 COMMIT;

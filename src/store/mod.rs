@@ -27,18 +27,18 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub enum Error {
     /// The database cannot be reached now (down, restarting, the pool exhausted): wait and try
     /// again; nothing was changed.
-    #[error("the database is unavailable: {0}")]
+    #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
     /// A deadlock, serialization failure or lock wait that timed out: the transaction rolled
     /// back and may be retried as it was.
-    #[error("a database conflict: {0}")]
+    #[error("database conflict: {0}")]
     Conflict(#[source] sqlx::Error),
     /// The data breaks a rule the code relies on (a state change the order's life does not
     /// have, a batch that wrote other rows than it locked): rolled back; a bug to investigate.
-    #[error("{0}")]
+    #[error("database: {0}")]
     Invariant(String),
     /// The statement failed otherwise (a bug, or data the schema refuses).
-    #[error("a database error: {0}")]
+    #[error("database: {0}")]
     Failed(#[source] sqlx::Error),
     /// The migrations could not be applied.
     #[error("migrating the database: {0}")]

@@ -1,7 +1,7 @@
 //! Applying internal-asset payments (balance, integral, money2), a batch at a time.
 //!
-//! One transaction per batch, six round trips however many payments it holds (a seventh when an
-//! order in it is already paid, to tell a redelivery from a second payment):
+//! One transaction per batch, seven round trips however many payments it holds (an eighth when
+//! an order in it is already paid, to tell a redelivery from a second payment):
 //! 1. lock the batch's orders (`orders::lock`: sorted, so two batches never deadlock on them;
 //!    an order a WeChat create made PAYING meanwhile is read as PAYING once the lock is granted);
 //! 2. decide in Rust which requests are refused (`domain::order::check_payable`: unknown
@@ -9,11 +9,12 @@
 //! 3. lock the paying users (sorted by id) and walk the batch in order against their locked
 //!    balances, refusing NOTENOUGH where a payment does not fit: the running balance also gives
 //!    every ledger row its exact balance-after; draw a pay number for each payment that fits;
-//! 4. one statement writes everything: a conditional `UPDATE users … FROM` grouped by account
+//! 4. one statement writes the money: a conditional `UPDATE users … FROM` grouped by account
 //!    (`money >= delta`, so even a wrong decision cannot overdraw; the CHECK constraints stand
-//!    behind it), and `INSERT … SELECT FROM unnest(…)` into payments, asset_ledger, profit_pay
-//!    and the outbox, with `UPDATE orders … FROM`;
-//! 5. commit.
+//!    behind it), and `INSERT … SELECT FROM unnest(…)` into payments, asset_ledger and
+//!    profit_pay, with `UPDATE orders … FROM`;
+//! 5. the order-paid events, one statement for the batch (`outbox::enqueue_all`);
+//! 6. commit.
 //!
 //! Two requests for one order in one batch go in separate rounds (each its own transaction), so
 //! the second sees the first's result. A failing batch is the caller's to retry one message at a

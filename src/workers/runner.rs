@@ -13,7 +13,7 @@ use crate::cache::Cache;
 use crate::config::{Settings, WorkerSettings};
 use crate::ingress::health::{self, Probe};
 use crate::mq::consumer::{self, BrokerHealth, ConsumerSettings, Handler};
-use crate::mq::topology::Topology;
+use crate::mq::topology::{self, Topology};
 use crate::store::{self, Pool};
 
 /// A worker binary being wired: add its consumers, then `run` it.
@@ -90,6 +90,9 @@ impl Runner {
     /// Consumes `queue` with `handler`, with the worker's prefetch, concurrency and batch size;
     /// `role` tells this consumer from the worker's others in the broker's list.
     pub fn consume<H: Handler>(&mut self, queue: &'static str, role: Option<&str>, handler: H) {
+        // Its retry schedule and dead-letter queue come from the table: a queue missing there
+        // would dead-letter every failure at once.
+        assert!(topology::spec(queue).is_some(), "{queue} is not in mq::topology::QUEUES");
         let name = match role {
             Some(role) => format!("{}-{role}", self.name),
             None => self.name.to_owned(),
@@ -115,6 +118,6 @@ impl Runner {
         futures_util::future::join_all(std::mem::take(&mut self.consumers)).await;
         self.stop.cancel();
         while self.sidecars.join_next().await.is_some() {}
-        tracing::info!(worker = self.name, "stopped");
+        tracing::info!("{} stopped", self.name.trim_start_matches("payfleet-"));
     }
 }

@@ -12,10 +12,10 @@ impl From<store::Error> for HandleError {
     fn from(e: store::Error) -> HandleError {
         match e {
             // Nothing was changed: hold the message until the database is back.
-            store::Error::Unavailable(_) => HandleError::Unavailable(format!("database: {e}")),
+            store::Error::Unavailable(_) => HandleError::Unavailable(e.to_string()),
             // A deadlock or a failed statement rolled back: worth another try after a delay,
             // and dead-lettered with the reason once the tiers are used up.
-            _ => HandleError::Retryable(format!("database: {e}")),
+            _ => HandleError::Retryable(e.to_string()),
         }
     }
 }

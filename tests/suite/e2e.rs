@@ -173,12 +173,17 @@ async fn consumers(env: &TestEnv, queue: &str) -> u32 {
 
 #[test]
 fn binaries_refuse_bad_settings_with_a_message_naming_the_key() {
+    let empty = std::env::temp_dir().join(format!("payfleet-no-secrets-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&empty).unwrap();
     let run = |binary: &str, env: &[(&str, &str)]| {
         let path = match binary {
             INGRESS => env!("CARGO_BIN_EXE_payfleet-ingress"),
             _ => env!("CARGO_BIN_EXE_payfleet-pay-worker"),
         };
+        // From a directory without development secrets: the repository's own has them once
+        // `payctl demo` ran there, and they would fill in what this test leaves out.
         let output = std::process::Command::new(path)
+            .current_dir(&empty)
             .env_clear()
             .env("PAYFLEET_CONFIG_DIR", common::config_dir())
             .envs(env.iter().copied())
@@ -203,6 +208,7 @@ fn binaries_refuse_bad_settings_with_a_message_naming_the_key() {
     assert!(err.contains("ingress.listen"), "{err}");
     let err = run(PAY_WORKER, &[jwt, pepper, ("PAYFLEET__PAY_WORKER__PREFETCH", "lots")]);
     assert!(err.contains("pay_worker.prefetch"), "{err}");
+    let _ = std::fs::remove_dir_all(&empty);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
