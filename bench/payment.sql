@@ -48,6 +48,11 @@ WITH d AS (
     UPDATE orders SET status = 'PAID', pay_type = i.method, pay_no = i.pay_no, paid_at = now()
     FROM i WHERE orders.order_no = i.order_no AND orders.status = 'UNPAID'
     RETURNING 1
+), bd AS (
+    INSERT INTO balance_daily (user_id, day, paid)
+    SELECT user_id, (now() AT TIME ZONE 'Asia/Shanghai')::date, sum(amount) FROM i
+    WHERE method = 'balance' GROUP BY user_id
+    ON CONFLICT (user_id, day) DO UPDATE SET paid = balance_daily.paid + EXCLUDED.paid
 )
 SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM p), (SELECT count(*) FROM o);
 INSERT INTO outbox (message_id, correlation_id, queue, kind, payload, delay_ms)

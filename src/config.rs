@@ -181,6 +181,27 @@ pub struct PaySettings {
     pub sms_code_ttl_secs: u64,
     /// Wrong SMS codes allowed before the code is burnt.
     pub sms_code_max_attempts: u32,
+    /// Seed 000's PaymentConfig, one table per method.
+    pub balance: MethodSettings,
+    pub integral: MethodSettings,
+    pub money2: MethodSettings,
+    pub wechat: MethodSettings,
+}
+
+/// What one payment method accepts (`pay.balance`, `pay.integral`, `pay.money2`, `pay.wechat`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodSettings {
+    /// Off: the method answers METHOD_DISABLED.
+    pub enabled: bool,
+    /// Yuan, inclusive.
+    pub min_amount: Money,
+    /// Yuan, inclusive.
+    pub max_amount: Money,
+    /// Balance only: the most one user may pay with balance per calendar day in Asia/Shanghai,
+    /// counted in the database (DAILY_LIMIT past it); unset: no limit.
+    #[serde(default)]
+    pub max_daily_amount: Option<Money>,
 }
 
 /// Requests per window the ingress serves one user and one client address, per kind of
@@ -394,6 +415,19 @@ impl Settings {
         if self.pay.max_amount.is_zero() {
             return bad("pay.max_amount", "must be above zero");
         }
+        for (key, method) in [
+            ("pay.balance", &self.pay.balance),
+            ("pay.integral", &self.pay.integral),
+            ("pay.money2", &self.pay.money2),
+            ("pay.wechat", &self.pay.wechat),
+        ] {
+            if method.min_amount.is_zero() || method.min_amount > method.max_amount {
+                return bad(key, "min_amount must be above zero and at most max_amount");
+            }
+            if method.max_daily_amount.is_some() && key != "pay.balance" {
+                return bad(key, "max_daily_amount is a balance rule only");
+            }
+        }
         if self.pay.password_max_attempts == 0 {
             return bad("pay.password_max_attempts", "must be at least 1");
         }
@@ -459,6 +493,23 @@ impl AuthSettings {
 }
 
 impl PaySettings {
+    /// The rule of one method.
+    pub fn rule(&self, method: crate::domain::PayMethod) -> crate::domain::payment::MethodRule {
+        let s = self.method(method);
+        crate::domain::payment::MethodRule { enabled: s.enabled, min_amount: s.min_amount, max_amount: s.max_amount }
+    }
+
+    /// The settings of one method.
+    pub fn method(&self, method: crate::domain::PayMethod) -> &MethodSettings {
+        use crate::domain::PayMethod;
+        match method {
+            PayMethod::Balance => &self.balance,
+            PayMethod::Integral => &self.integral,
+            PayMethod::Money2 => &self.money2,
+            PayMethod::Wechat => &self.wechat,
+        }
+    }
+
     pub fn integral_rules(&self) -> crate::domain::payment::IntegralRules {
         crate::domain::payment::IntegralRules {
             rate: self.integral_rate,
@@ -625,6 +676,31 @@ mod tests {
 
     fn repo_config() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
+    }
+
+    #[test]
+    fn the_payment_rules_are_seed_000s_and_checked_when_loaded() {
+        let s = Settings::load_from(&repo_config(), None, env(&[])).unwrap();
+        use crate::domain::PayMethod;
+        for method in [PayMethod::Balance, PayMethod::Integral, PayMethod::Money2, PayMethod::Wechat] {
+            let rule = s.pay.rule(method);
+            assert!(rule.enabled, "{method:?}");
+            assert_eq!((rule.min_amount.to_string(), rule.max_amount.to_string()), ("0.01".into(), "50000.00".into()));
+        }
+        assert_eq!(s.pay.balance.max_daily_amount.map(|m| m.to_string()), Some("10000.00".into()));
+        assert_eq!(s.pay.wechat.max_daily_amount, None);
+        let s = Settings::load_from(&repo_config(), None, env(&[("PAYFLEET__PAY__MONEY2__ENABLED", "false")])).unwrap();
+        assert!(!s.pay.rule(PayMethod::Money2).enabled);
+        for (key, value) in [
+            ("PAYFLEET__PAY__WECHAT__MIN_AMOUNT", "0"),
+            ("PAYFLEET__PAY__BALANCE__MIN_AMOUNT", "60000.00"),
+            ("PAYFLEET__PAY__MONEY2__MAX_DAILY_AMOUNT", "10.00"),
+        ] {
+            let err = Settings::load_from(&repo_config(), None, env(&[(key, value)])).unwrap_err().to_string();
+            let section = key.trim_start_matches("PAYFLEET__").to_lowercase().replace("__", ".");
+            let section = section.rsplit_once('.').unwrap().0;
+            assert!(err.contains(section), "{key}={value}: {err}");
+        }
     }
 
     #[test]

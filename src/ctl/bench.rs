@@ -78,6 +78,8 @@ pub async fn run(base: Settings, args: BenchArgs) -> anyhow::Result<()> {
         ("PAYFLEET__LOG__FILTER".to_owned(), "warn".to_owned()),
         // A benchmark client pays hundreds of orders a minute: no person does.
         ("PAYFLEET__PAY__PASSWORD_CHECKS_PER_MINUTE".to_owned(), "1000000".to_owned()),
+        // Nor that much in a day; the limit is still counted, as in production.
+        ("PAYFLEET__PAY__BALANCE__MAX_DAILY_AMOUNT".to_owned(), "1000000000.00".to_owned()),
     ]);
     for kind in ["PAY", "CREATE", "ORDERS", "STATUS", "SMS_CODE"] {
         for per in ["PER_USER", "PER_IP"] {

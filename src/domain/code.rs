@@ -32,6 +32,11 @@ pub enum Code {
     SmsCodeInvalid,
     /// Too many requests (or pay-password checks) in a short time; try again later.
     RateLimited,
+    /// This payment method is switched off (`pay.<method>.enabled`).
+    MethodDisabled,
+    /// The payment would take the user past the day's balance-pay limit
+    /// (`pay.balance.max_daily_amount`, per calendar day in Asia/Shanghai).
+    DailyLimit,
     Validation,
     Unauthorized,
     NotFound,
@@ -55,6 +60,8 @@ impl Code {
             Code::AmountMismatch => "AMOUNT_MISMATCH",
             Code::SmsCodeInvalid => "SMS_CODE_INVALID",
             Code::RateLimited => "RATE_LIMITED",
+            Code::MethodDisabled => "METHOD_DISABLED",
+            Code::DailyLimit => "DAILY_LIMIT",
             Code::Validation => "VALIDATION",
             Code::Unauthorized => "UNAUTHORIZED",
             Code::NotFound => "NOT_FOUND",
@@ -82,6 +89,8 @@ mod tests {
             Code::AmountMismatch,
             Code::SmsCodeInvalid,
             Code::RateLimited,
+            Code::MethodDisabled,
+            Code::DailyLimit,
             Code::Validation,
             Code::Unauthorized,
             Code::NotFound,

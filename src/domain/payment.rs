@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Money;
+use super::{Code, Money};
 
 /// How (part of) an order is paid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -21,6 +21,35 @@ pub enum Asset {
     Money,
     Integral,
     Money2,
+}
+
+/// What one payment method accepts (seed 000's PaymentConfig, `pay.<method>`), the same at the
+/// ingress, in the pay-worker, and for every part of a payment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MethodRule {
+    pub enabled: bool,
+    /// The smallest amount, in yuan, this method pays.
+    pub min_amount: Money,
+    /// The largest amount, in yuan, this method pays at once.
+    pub max_amount: Money,
+}
+
+impl MethodRule {
+    /// Whether `method` may pay `amount` yuan: `METHOD_DISABLED`, or `VALIDATION` naming the
+    /// bound it is outside.
+    pub fn check(&self, method: PayMethod, amount: Money) -> Result<(), Refusal> {
+        let name = method.as_str();
+        if !self.enabled {
+            return Err(Refusal::new(Code::MethodDisabled, format!("{name} payments are switched off")));
+        }
+        if amount < self.min_amount || amount > self.max_amount {
+            return Err(Refusal::new(
+                Code::Validation,
+                format!("a {name} payment must be between {} and {} yuan", self.min_amount, self.max_amount),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The rules of paying with integral points (`pay.integral_*`), the same at the ingress and
@@ -270,5 +299,23 @@ pub struct Refusal {
 impl Refusal {
     pub fn new(code: super::Code, message: impl Into<String>) -> Refusal {
         Refusal { code, message: message.into(), pay_no: None, tries_left: None, retry_after_secs: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_method_rule_refuses_a_disabled_method_and_amounts_outside_its_bounds() {
+        let m = |s: &str| Money::parse(s).unwrap();
+        let rule = MethodRule { enabled: true, min_amount: m("0.01"), max_amount: m("50000.00") };
+        assert_eq!(rule.check(PayMethod::Wechat, m("0.01")), Ok(()));
+        assert_eq!(rule.check(PayMethod::Wechat, m("50000.00")), Ok(()));
+        let code = |r: Result<(), Refusal>| r.unwrap_err().code;
+        assert_eq!(code(rule.check(PayMethod::Wechat, m("50000.01"))), Code::Validation);
+        assert_eq!(code(rule.check(PayMethod::Wechat, m("0"))), Code::Validation);
+        let off = MethodRule { enabled: false, ..rule };
+        assert_eq!(code(off.check(PayMethod::Money2, m("1.00"))), Code::MethodDisabled);
     }
 }

@@ -97,6 +97,7 @@ async fn submit(
     asset_amount: Money,
     sealed_password: Option<String>,
 ) -> Result<Response> {
+    app.pay.rule(method).check(method, amount)?;
     let request = PayRequested::Asset(AssetPayRequested {
         request_id: request_id.0,
         user_id,

@@ -16,7 +16,7 @@ use super::limits::{self, ClientIp, Kind};
 use super::respond::ok;
 use super::{ApiError, AppState, RequestId, Result, pay_call};
 use crate::channel::TradeType;
-use crate::domain::{Code, OrderStatus};
+use crate::domain::{Code, OrderStatus, PayMethod};
 use crate::mq::messages::{PayRequested, WechatCreateRequested};
 
 #[derive(Deserialize)]
@@ -45,6 +45,7 @@ async fn create(
     limits::check(&app, Kind::Create, user_id, client).await?;
     check_order_no(&body.order_no)?;
     let amount = payment_amount(&app, "amount", &body.amount)?;
+    app.pay.rule(PayMethod::Wechat).check(PayMethod::Wechat, amount)?;
     let trade_type = match body.trade_type.as_deref() {
         None => TradeType::Jsapi,
         Some(t) => {
@@ -104,6 +105,9 @@ async fn retry(
 ) -> Result<Response> {
     limits::check(&app, Kind::Create, user_id, client).await?;
     check_order_no(&order_no)?;
+    if !app.pay.wechat.enabled {
+        return Err(ApiError::new(Code::MethodDisabled, "wechat payments are switched off"));
+    }
     let order = crate::store::orders::find_for_user(&app.db, &order_no, user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("order"))?;

@@ -35,16 +35,27 @@ pub struct Audit {
     pub unrecorded_payments: i64,
     /// Paid orders without exactly one successful payment.
     pub orders_without_payment: i64,
+    /// (user, day) pairs whose `balance_daily` total is not the sum of that day's successful
+    /// balance payments (the daily limit would count wrong).
+    pub daily_totals_off: i64,
 }
 
 impl Audit {
     pub fn is_clean(&self) -> bool {
-        *self == Audit { broken_chains: 0, mismatched_accounts: 0, unrecorded_payments: 0, orders_without_payment: 0 }
+        *self
+            == Audit {
+                broken_chains: 0,
+                mismatched_accounts: 0,
+                unrecorded_payments: 0,
+                orders_without_payment: 0,
+                daily_totals_off: 0,
+            }
     }
 }
 
 /// Checks the whole database: every ledger chain, every account against its last ledger row,
-/// every payment against profit_pay, every paid order against its payment.
+/// every payment against profit_pay, every paid order against its payment, every day's balance
+/// total against its payments.
 pub async fn audit(pool: &PgPool) -> Result<Audit> {
     Ok(sqlx::query_as(
         "WITH chain AS (
@@ -68,7 +79,12 @@ pub async fn audit(pool: &PgPool) -> Result<Audit> {
                         WHEN 'balance' THEN 2 WHEN 'integral' THEN 3 ELSE 4 END)) AS unrecorded_payments,
            (SELECT count(*) FROM orders o WHERE o.status = 'PAID'
              AND (SELECT count(*) FROM payments p WHERE p.order_no = o.order_no AND p.status = 'SUCCESS') <> 1)
-             AS orders_without_payment",
+             AS orders_without_payment,
+           (SELECT count(*) FROM balance_daily d FULL JOIN (
+               SELECT user_id, (paid_at AT TIME ZONE 'Asia/Shanghai')::date AS day, sum(amount) AS paid
+               FROM payments WHERE method = 'balance' AND status = 'SUCCESS' GROUP BY 1, 2
+             ) p USING (user_id, day)
+             WHERE d.paid IS DISTINCT FROM p.paid) AS daily_totals_off",
     )
     .fetch_one(pool)
     .await?)

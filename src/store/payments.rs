@@ -49,6 +49,9 @@ pub struct AssetPayment {
     /// Balance pay: the hash the pay password was verified against. The payment goes ahead only
     /// if it is still the user's hash once the user row is locked.
     pub verified_hash: Option<String>,
+    /// Balance pay: the most the user may pay with balance in the calendar day (Asia/Shanghai),
+    /// this payment included (`pay.balance.max_daily_amount`); None: no limit.
+    pub daily_limit: Option<Money>,
 }
 
 /// What became of one payment.
@@ -163,6 +166,17 @@ pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> R
         })
         .collect();
     let hashes: HashMap<i64, Option<&str>> = users.iter().map(|u| (u.id, u.pay_password_hash.as_deref())).collect();
+    // What each limited user paid with balance today, read after the user's lock: a payment
+    // that committed while this waited is counted, so concurrent payments cannot pass the
+    // limit together.
+    let limited: Vec<i64> = decisions
+        .iter()
+        .zip(items)
+        .filter(|(d, p)| matches!(d, Decision::Candidate) && p.daily_limit.is_some())
+        .map(|(_, p)| p.user_id)
+        .collect();
+    let mut paid_today: HashMap<i64, Money> =
+        if limited.is_empty() { HashMap::new() } else { balance_paid_today(tx, &limited).await? };
 
     let mut outcomes: Vec<Option<Applied>> = Vec::with_capacity(items.len());
     let mut fitting: Vec<(usize, &AssetPayment, Asset, Money)> = Vec::new();
@@ -180,6 +194,19 @@ pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> R
                     outcomes[i] = Some(Applied::Stale);
                     continue;
                 }
+                let today = paid_today.get(&payment.user_id).copied().unwrap_or(Money::ZERO);
+                if let Some(limit) = payment.daily_limit
+                    && today.checked_add(payment.amount).is_none_or(|after| after > limit)
+                {
+                    outcomes[i] = Some(Applied::Refused(Refusal::new(
+                        Code::DailyLimit,
+                        format!(
+                            "balance payments are limited to {limit} yuan a day: {today} paid today, {} more would pass it",
+                            payment.amount
+                        ),
+                    )));
+                    continue;
+                }
                 let balance = balances.get_mut(&payment.user_id).and_then(|b| b.get_mut(&asset));
                 let Some(balance) = balance else {
                     outcomes[i] = Some(Applied::Refused(Refusal::new(Code::NotFound, "order not found")));
@@ -188,6 +215,10 @@ pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> R
                 match balance.checked_sub(payment.asset_amount) {
                     Some(after) => {
                         *balance = after;
+                        if payment.daily_limit.is_some() {
+                            paid_today
+                                .insert(payment.user_id, today.checked_add(payment.amount).expect("checked above"));
+                        }
                         fitting.push((i, payment, asset, after));
                     }
                     None => {
@@ -242,6 +273,19 @@ pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> R
         });
     }
     Ok(outcomes.into_iter().map(|o| o.expect("every request decided")).collect())
+}
+
+/// What each of these users paid with balance in the transaction's calendar day in
+/// Asia/Shanghai (seed 000: the limit is per day there), from `balance_daily`.
+async fn balance_paid_today(tx: &mut sqlx::PgConnection, user_ids: &[i64]) -> Result<HashMap<i64, Money>> {
+    let rows: Vec<(i64, Money)> = sqlx::query_as(
+        "SELECT user_id, paid FROM balance_daily
+         WHERE user_id = ANY($1) AND day = (now() AT TIME ZONE 'Asia/Shanghai')::date",
+    )
+    .bind(user_ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// The order checks of one request, given its locked order (if any) and, for a paid order, the
@@ -366,6 +410,11 @@ async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'
              UPDATE orders SET status = 'PAID', pay_type = i.method, pay_no = i.pay_no, paid_at = now()
              FROM i WHERE orders.order_no = i.order_no AND orders.status = 'UNPAID'
              RETURNING 1
+         ), bd AS (
+             INSERT INTO balance_daily (user_id, day, paid)
+             SELECT user_id, (now() AT TIME ZONE 'Asia/Shanghai')::date, sum(amount) FROM i
+             WHERE method = 'balance' GROUP BY user_id
+             ON CONFLICT (user_id, day) DO UPDATE SET paid = balance_daily.paid + EXCLUDED.paid
          )
          SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM p), (SELECT count(*) FROM o)",
     )

@@ -385,6 +385,7 @@ async fn a_request_applied_again_answers_its_own_receipt() {
         amount: m("2.00"),
         asset_amount: m("20.00"),
         verified_hash: None,
+        daily_limit: None,
     };
     let same: uuid::Uuid = r.request_id.parse().unwrap();
     let answers = apply(&env.admin.db, &[payment(same), payment(uuid::Uuid::new_v4())]).await.unwrap();
@@ -602,4 +603,40 @@ async fn behind_a_proxy_the_address_is_the_one_the_proxy_saw_not_one_the_client_
     assert_eq!(status("203.0.113.2, 198.51.100.7").await, 429, "a made-up first hop is no new address");
     assert_eq!(status("203.0.113.2, 198.51.100.8").await, 200, "another client behind the proxy");
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_method_keeps_its_payment_rules() {
+    let env = TestEnv::with(&[
+        ("PAYFLEET__PAY__MONEY2__ENABLED", "false"),
+        ("PAYFLEET__PAY__INTEGRAL__MIN_AMOUNT", "2.00"),
+        ("PAYFLEET__PAY__BALANCE__MAX_DAILY_AMOUNT", "25.00"),
+        ("PAYFLEET__PAY__WECHAT__MAX_AMOUNT", "5.00"),
+    ])
+    .await;
+    let app = env.start_in_process().await;
+    let api = &app.api;
+    let (user, token) = env.user("100.00", "1000", "100.00").await;
+    let (ten, one) = (env.goods("10.00").await, env.goods("1.00").await);
+    let order = || async { api.create_order(&token, ten, 1).await.unwrap().field("order_no").to_owned() };
+    let (a, b, c) = (order().await, order().await, order().await);
+    let cheap = api.create_order(&token, one, 1).await.unwrap().field("order_no").to_owned();
+    let expect = |r: payfleet::ctl::client::ApiResponse, status: u16, code: &str| {
+        assert_eq!((r.status, r.code()), (status, code), "{:?}", r.body);
+    };
+
+    expect(api.pay_money2(&token, &a, "10.00").await.unwrap(), 403, "METHOD_DISABLED");
+    expect(api.pay_integral(&token, &cheap, "10", "1.00").await.unwrap(), 422, "VALIDATION");
+    let create = json!({ "order_no": a, "amount": "10.00", "openid": "o-test" });
+    expect(api.post("/api/v1/payment/wechat/create", Some(&token), &create).await.unwrap(), 422, "VALIDATION");
+    // 25.00 a day with balance: two orders of 10.00 pay, the third would pass the limit.
+    expect(api.pay_balance(&token, &a, "10.00", "123456").await.unwrap(), 200, "SUCCESS");
+    expect(api.pay_balance(&token, &b, "10.00", "123456").await.unwrap(), 200, "SUCCESS");
+    expect(api.pay_balance(&token, &c, "10.00", "123456").await.unwrap(), 409, "DAILY_LIMIT");
+    // Other methods are not limited by it.
+    expect(api.pay_integral(&token, &c, "100", "10.00").await.unwrap(), 200, "SUCCESS");
+    let balances = env.balances(user).await;
+    assert_eq!((balances.money, balances.integral, balances.money2), (m("80.00"), m("900"), m("100.00")));
+    app.stop().await;
+    env.audit_is_clean().await;
 }

@@ -25,6 +25,7 @@ fn integral_payment(user: i64, order_no: &str) -> AssetPayment {
         amount: m("10.00"),
         asset_amount: m("100"),
         verified_hash: None,
+        daily_limit: None,
     }
 }
 
@@ -173,5 +174,44 @@ async fn settling_takes_the_order_before_the_payment_so_it_never_deadlocks_with_
 
     assert_eq!(settle.await.unwrap().expect("settled, not a deadlock victim"), Settlement::Settled);
     assert_eq!(order_status(db, &order).await, ("PAID".to_owned(), Some(pay_no)));
+    env.audit_is_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_balance_payments_that_together_pass_the_daily_limit_cannot_both_pay() {
+    let env = TestEnv::new().await;
+    let db = &env.admin.db;
+    let (user, _) = env.user("100.00", "0", "0").await;
+    let goods = env.goods("6.00").await;
+    let orders = env.orders(user, goods, 2).await;
+    let hash = payfleet::store::users::pay_password_hashes(db, &[user]).await.unwrap().remove(0).1;
+    let balance_payment = |order_no: &str| AssetPayment {
+        request_id: uuid::Uuid::new_v4(),
+        user_id: user,
+        order_no: order_no.to_owned(),
+        method: PayMethod::Balance,
+        amount: m("6.00"),
+        asset_amount: m("6.00"),
+        verified_hash: Some(hash.clone()),
+        daily_limit: Some(m("10.00")),
+    };
+
+    // The first payment's transaction, held open after it paid (the user's row locked).
+    let mut first = db.begin().await.unwrap();
+    let applied = payments::apply_in(&mut first, &[&balance_payment(&orders[0])]).await.unwrap().remove(0);
+    assert!(matches!(applied, Applied::Paid(_)), "{applied:?}");
+    // The second, for another order, starts meanwhile: 6.00 + 6.00 passes the 10.00 a day.
+    let (pool, second) = (db.clone(), balance_payment(&orders[1]));
+    let second =
+        tokio::spawn(async move { payments::apply(&pool, std::slice::from_ref(&second)).await.unwrap().remove(0) });
+    until_waiting_on_locks(db, 1).await;
+    first.commit().await.unwrap();
+
+    match second.await.unwrap() {
+        Applied::Refused(refusal) => assert_eq!(refusal.code, Code::DailyLimit, "{refusal:?}"),
+        other => panic!("the day's limit counts the payment that committed meanwhile: {other:?}"),
+    }
+    assert_eq!(env.balances(user).await.money, m("94.00"), "one payment deducted");
+    assert_eq!(order_status(db, &orders[1]).await, ("UNPAID".to_owned(), None));
     env.audit_is_clean().await;
 }

@@ -75,6 +75,9 @@ impl PayHandler {
                     amount: r.amount,
                     asset_amount: r.asset_amount,
                     verified_hash: verified.remove(&i),
+                    daily_limit: (r.method == PayMethod::Balance)
+                        .then_some(self.pay.balance.max_daily_amount)
+                        .flatten(),
                 }
             })
             .collect();
@@ -129,6 +132,7 @@ fn check_shape(r: &AssetPayRequested, pay: &PaySettings) -> Result<(), Refusal> 
     if r.amount > pay.max_amount {
         return invalid(format!("amount exceeds the limit of {} per payment", pay.max_amount));
     }
+    pay.rule(r.method).check(r.method, r.amount)?;
     if r.method == PayMethod::Integral {
         pay.integral_rules().check(r.amount, r.asset_amount).or_else(invalid)?;
     } else if r.amount != r.asset_amount {

@@ -4,8 +4,8 @@
 use super::{Answer, PayHandler, refused};
 use crate::channel::{ChannelError, Prepaid, PrepayOrder};
 use crate::channel_sync;
-use crate::domain::Code;
 use crate::domain::payment::Refusal;
+use crate::domain::{Code, PayMethod};
 use crate::mq::messages::{PayReplied, PrepaidReply, WechatCreateRequested};
 use crate::store::wechat::{Begun, ChannelVersion, Recorded};
 use crate::store::{self, Pool};
@@ -23,6 +23,9 @@ impl PayHandler {
                 Code::Validation,
                 format!("amount must be above zero and at most {}", self.pay.max_amount),
             ));
+        }
+        if let Err(refusal) = self.pay.rule(PayMethod::Wechat).check(PayMethod::Wechat, r.amount) {
+            return refused(refusal);
         }
         let version = ChannelVersion { api_version: wechat.api_version(), sign_type: wechat.v2_sign_type() };
         let begun = match store::wechat::begin(&self.db, r, version, self.prepay_valid).await {

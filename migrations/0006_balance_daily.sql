@@ -1,0 +1,15 @@
+-- What each user paid with balance per calendar day in Asia/Shanghai (seed 000's
+-- BalancePay.MaxDailyAmount): one row per user and day, written by the statement that deducts
+-- the balance and read under the user's row lock, so the daily limit costs one primary-key
+-- lookup however many payments the user made that day.
+CREATE TABLE balance_daily (
+    user_id BIGINT NOT NULL REFERENCES users (id),
+    day     DATE NOT NULL,
+    paid    NUMERIC(14, 2) NOT NULL CHECK (paid >= 0),
+    PRIMARY KEY (user_id, day)
+);
+
+INSERT INTO balance_daily (user_id, day, paid)
+SELECT user_id, (paid_at AT TIME ZONE 'Asia/Shanghai')::date, sum(amount)
+FROM payments WHERE method = 'balance' AND status = 'SUCCESS' AND paid_at IS NOT NULL
+GROUP BY 1, 2;
