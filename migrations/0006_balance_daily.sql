@@ -5,7 +5,7 @@
 CREATE TABLE balance_daily (
     user_id BIGINT NOT NULL REFERENCES users (id),
     day     DATE NOT NULL,
-    paid    NUMERIC(14, 2) NOT NULL CHECK (paid >= 0),
+    paid    NUMERIC(12, 2) NOT NULL CHECK (paid >= 0),
     PRIMARY KEY (user_id, day)
 );
 

@@ -427,6 +427,9 @@ impl Settings {
             if method.max_daily_amount.is_some() && key != "pay.balance" {
                 return bad(key, "max_daily_amount is a balance rule only");
             }
+            if method.max_daily_amount.is_some_and(|daily| daily < method.min_amount) {
+                return bad(key, "max_daily_amount must be at least min_amount");
+            }
         }
         if self.pay.password_max_attempts == 0 {
             return bad("pay.password_max_attempts", "must be at least 1");
@@ -496,7 +499,12 @@ impl PaySettings {
     /// The rule of one method.
     pub fn rule(&self, method: crate::domain::PayMethod) -> crate::domain::payment::MethodRule {
         let s = self.method(method);
-        crate::domain::payment::MethodRule { enabled: s.enabled, min_amount: s.min_amount, max_amount: s.max_amount }
+        crate::domain::payment::MethodRule {
+            enabled: s.enabled,
+            min_amount: s.min_amount,
+            max_amount: s.max_amount,
+            max_daily_amount: s.max_daily_amount,
+        }
     }
 
     /// The settings of one method.
@@ -695,6 +703,7 @@ mod tests {
             ("PAYFLEET__PAY__WECHAT__MIN_AMOUNT", "0"),
             ("PAYFLEET__PAY__BALANCE__MIN_AMOUNT", "60000.00"),
             ("PAYFLEET__PAY__MONEY2__MAX_DAILY_AMOUNT", "10.00"),
+            ("PAYFLEET__PAY__BALANCE__MAX_DAILY_AMOUNT", "0.00"),
         ] {
             let err = Settings::load_from(&repo_config(), None, env(&[(key, value)])).unwrap_err().to_string();
             let section = key.trim_start_matches("PAYFLEET__").to_lowercase().replace("__", ".");

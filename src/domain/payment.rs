@@ -32,6 +32,9 @@ pub struct MethodRule {
     pub min_amount: Money,
     /// The largest amount, in yuan, this method pays at once.
     pub max_amount: Money,
+    /// Balance: the most one user pays with it in a day; a single payment above it can never
+    /// pass, so it is refused before any other work (the day's total is the database's).
+    pub max_daily_amount: Option<Money>,
 }
 
 impl MethodRule {
@@ -47,6 +50,9 @@ impl MethodRule {
                 Code::Validation,
                 format!("a {name} payment must be between {} and {} yuan", self.min_amount, self.max_amount),
             ));
+        }
+        if let Some(limit) = self.max_daily_amount.filter(|limit| amount > *limit) {
+            return Err(Refusal::new(Code::DailyLimit, format!("{name} payments are limited to {limit} yuan a day")));
         }
         Ok(())
     }
@@ -309,7 +315,8 @@ mod tests {
     #[test]
     fn a_method_rule_refuses_a_disabled_method_and_amounts_outside_its_bounds() {
         let m = |s: &str| Money::parse(s).unwrap();
-        let rule = MethodRule { enabled: true, min_amount: m("0.01"), max_amount: m("50000.00") };
+        let rule =
+            MethodRule { enabled: true, min_amount: m("0.01"), max_amount: m("50000.00"), max_daily_amount: None };
         assert_eq!(rule.check(PayMethod::Wechat, m("0.01")), Ok(()));
         assert_eq!(rule.check(PayMethod::Wechat, m("50000.00")), Ok(()));
         let code = |r: Result<(), Refusal>| r.unwrap_err().code;
@@ -317,5 +324,8 @@ mod tests {
         assert_eq!(code(rule.check(PayMethod::Wechat, m("0"))), Code::Validation);
         let off = MethodRule { enabled: false, ..rule };
         assert_eq!(code(off.check(PayMethod::Money2, m("1.00"))), Code::MethodDisabled);
+        let daily = MethodRule { max_daily_amount: Some(m("100.00")), ..rule };
+        assert_eq!(daily.check(PayMethod::Balance, m("100.00")), Ok(()));
+        assert_eq!(code(daily.check(PayMethod::Balance, m("100.01"))), Code::DailyLimit);
     }
 }

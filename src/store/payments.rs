@@ -1,13 +1,16 @@
 //! Applying internal-asset payments (balance, integral, money2), a batch at a time.
 //!
-//! One transaction per batch, seven round trips however many payments it holds (an eighth when
-//! an order in it is already paid, to tell a redelivery from a second payment):
+//! One transaction per batch, seven round trips however many payments it holds (one more to
+//! read the day's balance totals when it holds balance payments under a daily limit, and one
+//! when an order in it is already paid, to tell a redelivery from a second payment):
 //! 1. lock the batch's orders (`orders::lock`: sorted, so two batches never deadlock on them;
 //!    an order a WeChat create made PAYING meanwhile is read as PAYING once the lock is granted);
 //! 2. decide in Rust which requests are refused (`domain::order::check_payable`: unknown
 //!    order, someone else's, paid, paying with WeChat, closed, wrong amount);
-//! 3. lock the paying users (sorted by id) and walk the batch in order against their locked
-//!    balances, refusing NOTENOUGH where a payment does not fit: the running balance also gives
+//! 3. lock the paying users (sorted by id), read their balance totals for the day
+//!    (`balance_daily`, after the lock), and walk the batch in order against their locked
+//!    balances, refusing DAILY_LIMIT past the day's limit and NOTENOUGH where a payment does not
+//!    fit: the running balance also gives
 //!    every ledger row its exact balance-after; draw a pay number for each payment that fits;
 //! 4. one statement writes the money: a conditional `UPDATE users … FROM` grouped by account
 //!    (`money >= delta`, so even a wrong decision cannot overdraw; the CHECK constraints stand

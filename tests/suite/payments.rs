@@ -633,6 +633,10 @@ async fn each_method_keeps_its_payment_rules() {
     expect(api.pay_balance(&token, &a, "10.00", "123456").await.unwrap(), 200, "SUCCESS");
     expect(api.pay_balance(&token, &b, "10.00", "123456").await.unwrap(), 200, "SUCCESS");
     expect(api.pay_balance(&token, &c, "10.00", "123456").await.unwrap(), 409, "DAILY_LIMIT");
+    // A payment above the day's limit by itself is refused before its password is checked.
+    let big = env.goods("30.00").await;
+    let big = api.create_order(&token, big, 1).await.unwrap().field("order_no").to_owned();
+    expect(api.pay_balance(&token, &big, "30.00", "000000").await.unwrap(), 409, "DAILY_LIMIT");
     // Other methods are not limited by it.
     expect(api.pay_integral(&token, &c, "100", "10.00").await.unwrap(), 200, "SUCCESS");
     let balances = env.balances(user).await;
