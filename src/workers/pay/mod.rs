@@ -13,7 +13,7 @@
 
 mod asset;
 mod password;
-pub mod timeout;
+mod timeout;
 mod wechat_create;
 
 use std::sync::Arc;

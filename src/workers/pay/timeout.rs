@@ -13,13 +13,14 @@ use crate::store::wechat::Expiry;
 use crate::store::{self, Pool};
 use crate::wechat::Wechat;
 
-pub struct TimeoutHandler {
+/// Closes orders whose pay time ran out, unless WeChat took the money.
+pub(super) struct TimeoutHandler {
     db: Pool,
     wechat: Option<Arc<Wechat>>,
 }
 
 impl TimeoutHandler {
-    pub fn new(db: Pool, wechat: Option<Arc<Wechat>>) -> TimeoutHandler {
+    pub(super) fn new(db: Pool, wechat: Option<Arc<Wechat>>) -> TimeoutHandler {
         TimeoutHandler { db, wechat }
     }
 
