@@ -50,7 +50,7 @@ WITH d AS (
     RETURNING 1
 ), bd AS (
     INSERT INTO balance_daily (user_id, day, paid)
-    SELECT user_id, (now() AT TIME ZONE 'Asia/Shanghai')::date, sum(amount) FROM i
+    SELECT user_id, shanghai_day(now()), sum(amount) FROM i
     WHERE method = 'balance' GROUP BY user_id
     ON CONFLICT (user_id, day) DO UPDATE SET paid = balance_daily.paid + EXCLUDED.paid
 )

@@ -3,7 +3,6 @@
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
 use serde::Deserialize;
@@ -39,7 +38,6 @@ async fn create(
     AuthUser(user_id): AuthUser,
     client: ClientIp,
     request_id: RequestId,
-    headers: HeaderMap,
     Json(body): Json<CreateWechat>,
 ) -> Result<Response> {
     limits::check(&app, Kind::Create, user_id, client).await?;
@@ -59,7 +57,10 @@ async fn create(
     if openid.as_deref().is_some_and(|o| !is_openid(o)) {
         return Err(ApiError::validation("openid must be 1 to 128 letters, digits, '_' or '-'"));
     }
-    let client_ip = body.client_ip.or_else(|| forwarded_ip(&headers)).unwrap_or_else(|| "127.0.0.1".to_owned());
+    // The payer's address for WeChat: the one the mini-program sends, or the one the rate
+    // limits see (`ClientIp`, which trusts `X-Forwarded-For` only as configured).
+    let client_ip =
+        body.client_ip.or_else(|| client.0.map(|ip| ip.to_string())).unwrap_or_else(|| "127.0.0.1".to_owned());
     if client_ip.parse::<std::net::IpAddr>().is_err() {
         return Err(ApiError::validation("client_ip must be an IP address"));
     }
@@ -86,12 +87,6 @@ async fn create(
 /// must come from the user's login (code2Session), not from what the client sends.
 fn is_openid(openid: &str) -> bool {
     (1..=128).contains(&openid.len()) && openid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// The client address a proxy in front of the ingress reports.
-fn forwarded_ip(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get("x-forwarded-for")?.to_str().ok()?;
-    Some(value.split(',').next()?.trim().to_owned())
 }
 
 /// POST /api/v1/payment/{orderNo}/retry: fresh pay params for an order still waiting to be paid

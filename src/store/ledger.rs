@@ -81,7 +81,7 @@ pub async fn audit(pool: &PgPool) -> Result<Audit> {
              AND (SELECT count(*) FROM payments p WHERE p.order_no = o.order_no AND p.status = 'SUCCESS') <> 1)
              AS orders_without_payment,
            (SELECT count(*) FROM balance_daily d FULL JOIN (
-               SELECT user_id, (paid_at AT TIME ZONE 'Asia/Shanghai')::date AS day, sum(amount) AS paid
+               SELECT user_id, shanghai_day(paid_at) AS day, sum(amount) AS paid
                FROM payments WHERE method = 'balance' AND status = 'SUCCESS' GROUP BY 1, 2
              ) p USING (user_id, day)
              WHERE d.paid IS DISTINCT FROM p.paid) AS daily_totals_off",

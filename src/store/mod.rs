@@ -86,8 +86,6 @@ fn sqlstate(e: &sqlx::Error) -> Option<String> {
 
 /// The pool every binary holds: the one database handle outside this module.
 pub type Pool = sqlx::PgPool;
-/// A connection or an open transaction, for functions that run inside the caller's.
-pub type Conn = sqlx::PgConnection;
 
 fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions> {
     let options: PgConnectOptions = settings.url.expose_secret().parse()?;

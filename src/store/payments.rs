@@ -283,7 +283,7 @@ pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> R
 async fn balance_paid_today(tx: &mut sqlx::PgConnection, user_ids: &[i64]) -> Result<HashMap<i64, Money>> {
     let rows: Vec<(i64, Money)> = sqlx::query_as(
         "SELECT user_id, paid FROM balance_daily
-         WHERE user_id = ANY($1) AND day = (now() AT TIME ZONE 'Asia/Shanghai')::date",
+         WHERE user_id = ANY($1) AND day = shanghai_day(now())",
     )
     .bind(user_ids)
     .fetch_all(&mut *tx)
@@ -415,7 +415,7 @@ async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'
              RETURNING 1
          ), bd AS (
              INSERT INTO balance_daily (user_id, day, paid)
-             SELECT user_id, (now() AT TIME ZONE 'Asia/Shanghai')::date, sum(amount) FROM i
+             SELECT user_id, shanghai_day(now()), sum(amount) FROM i
              WHERE method = 'balance' GROUP BY user_id
              ON CONFLICT (user_id, day) DO UPDATE SET paid = balance_daily.paid + EXCLUDED.paid
          )

@@ -265,16 +265,11 @@ pub async fn find(pool: &PgPool, order_no: &str) -> Result<Option<WechatPayment>
 }
 
 /// Queues a trade our own query found, for the notify-worker to settle (through the outbox, so
-/// it leaves only if the caller's transaction commits). The notify-worker asks WeChat again
-/// before it settles anything: a message on the queue proves nothing by itself.
-pub async fn enqueue_reported(conn: &mut PgConnection, trade: &Trade) -> Result<()> {
-    outbox::enqueue(conn, &TradeReported::queried(trade.clone())).await
-}
-
-/// `enqueue_reported` in a transaction of its own.
+/// the relay publishes it with a confirm). The notify-worker asks WeChat again before it
+/// settles anything: a message on the queue proves nothing by itself.
 pub async fn report_trade(pool: &PgPool, trade: &Trade) -> Result<()> {
     let mut conn = pool.acquire().await?;
-    enqueue_reported(&mut conn, trade).await
+    outbox::enqueue(&mut conn, &TradeReported::queried(trade.clone())).await
 }
 
 /// What the expiry did to an order.

@@ -29,6 +29,13 @@ fn integral_payment(user: i64, order_no: &str) -> AssetPayment {
     }
 }
 
+/// Applies one payment in a transaction of its own, in the background (it will wait on a lock
+/// the test holds).
+fn apply_meanwhile(db: &PgPool, payment: AssetPayment) -> tokio::task::JoinHandle<Applied> {
+    let pool = db.clone();
+    tokio::spawn(async move { payments::apply(&pool, std::slice::from_ref(&payment)).await.unwrap().remove(0) })
+}
+
 /// A user with this much integral, and an unpaid order of theirs for 10.00.
 async fn a_user_and_an_order(env: &TestEnv, integral: &str) -> (i64, String) {
     let (user, _) = env.user("0", integral, "0").await;
@@ -69,10 +76,7 @@ async fn a_wechat_create_holding_the_order_keeps_an_asset_payment_started_meanwh
     let begun = wechat::begin_in(&mut create, &create_request(user, &order), V3, VALID).await.unwrap();
     let Begun::Prepay { pay_no, .. } = begun else { panic!("{begun:?}") };
     // The asset payment starts meanwhile and waits for the order's lock.
-    let pool = db.clone();
-    let payment = integral_payment(user, &order);
-    let asset =
-        tokio::spawn(async move { payments::apply(&pool, std::slice::from_ref(&payment)).await.unwrap().remove(0) });
+    let asset = apply_meanwhile(db, integral_payment(user, &order));
     until_waiting_on_locks(db, 1).await;
     create.commit().await.unwrap();
 
@@ -186,14 +190,12 @@ async fn two_balance_payments_that_together_pass_the_daily_limit_cannot_both_pay
     let orders = env.orders(user, goods, 2).await;
     let hash = payfleet::store::users::pay_password_hashes(db, &[user]).await.unwrap().remove(0).1;
     let balance_payment = |order_no: &str| AssetPayment {
-        request_id: uuid::Uuid::new_v4(),
-        user_id: user,
-        order_no: order_no.to_owned(),
         method: PayMethod::Balance,
         amount: m("6.00"),
         asset_amount: m("6.00"),
         verified_hash: Some(hash.clone()),
         daily_limit: Some(m("10.00")),
+        ..integral_payment(user, order_no)
     };
 
     // The first payment's transaction, held open after it paid (the user's row locked).
@@ -201,9 +203,7 @@ async fn two_balance_payments_that_together_pass_the_daily_limit_cannot_both_pay
     let applied = payments::apply_in(&mut first, &[&balance_payment(&orders[0])]).await.unwrap().remove(0);
     assert!(matches!(applied, Applied::Paid(_)), "{applied:?}");
     // The second, for another order, starts meanwhile: 6.00 + 6.00 passes the 10.00 a day.
-    let (pool, second) = (db.clone(), balance_payment(&orders[1]));
-    let second =
-        tokio::spawn(async move { payments::apply(&pool, std::slice::from_ref(&second)).await.unwrap().remove(0) });
+    let second = apply_meanwhile(db, balance_payment(&orders[1]));
     until_waiting_on_locks(db, 1).await;
     first.commit().await.unwrap();
 

@@ -65,13 +65,16 @@ impl PayHandler {
                 Err(e) => Err(e.into()),
             },
             Err(ChannelError::AlreadyPaid) => {
-                // Paid at WeChat already (a notify may be on its way): settle from a query.
-                channel_sync::query_and_report(wechat, &self.db, &pay_no).await?;
+                // Paid at WeChat already (a notify may be on its way): settle from a query. The
+                // payer's money is at WeChat whatever the query does, so the answer says so; a
+                // failed query is left to the notify, the status sync and the expiry check, never
+                // turned into a dead letter whose reply would say nothing was charged.
+                report_or_leave(wechat, &self.db, &pay_no).await;
                 refused(Refusal::new(Code::OrderPaid, "already paid at WeChat; the order shows as paid in a moment"))
             }
             Err(ChannelError::Closed) => {
                 // Closed at WeChat: recorded from a query, the order is payable another way.
-                channel_sync::query_and_report(wechat, &self.db, &pay_no).await?;
+                report_or_leave(wechat, &self.db, &pay_no).await;
                 refused(Refusal::new(
                     Code::OrderClosed,
                     "the WeChat order is closed; pay another way or place a new order",
@@ -79,6 +82,14 @@ impl PayHandler {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// Queries a trade WeChat answered about and queues the answer; a failure is logged and left to
+/// the status sync and the expiry check, which query the same trade again.
+async fn report_or_leave(wechat: &Wechat, db: &Pool, pay_no: &str) {
+    if let Err(e) = channel_sync::query_and_report(wechat, db, pay_no).await {
+        tracing::warn!(error = %e, pay_no, "cannot record the trade WeChat reported now; the expiry check will");
     }
 }
 
