@@ -1,7 +1,8 @@
 //! Keeping our payments in step with the channel's trades when a notify may not come: ask the
 //! channel, and queue what it says on `wechat.notify` through the outbox, where the
 //! notify-worker confirms and settles it like any report. Used by the pay-worker (a prepay
-//! WeChat says is paid or closed), the expiry checks, and the ingress's status endpoint.
+//! WeChat says is paid or closed), the expiry checks, and the ingress's status and cancel
+//! endpoints.
 
 use std::time::Duration;
 
@@ -32,6 +33,45 @@ pub async fn query_and_report(wechat: &Wechat, db: &Pool, pay_no: &str) -> Resul
     let trade = wechat.query(pay_no).await?;
     report(db, &trade).await?;
     Ok(trade)
+}
+
+/// What the channel says of a trade its order is about to stop waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// It can no longer be paid: closed now, closed before, never made at the channel, or paid
+    /// and refunded (reported).
+    Closed,
+    /// Paid, and reported: the order must not close, the notify-worker settles it.
+    Paid,
+}
+
+/// Makes sure a waiting trade can no longer be paid before its order closes (the expiry check,
+/// a cancel): queried once more, so a lost notify still settles the order, and closed at the
+/// channel otherwise.
+pub async fn close_trade(wechat: &Wechat, db: &Pool, pay_no: &str) -> Result<Closing, SyncError> {
+    match wechat.query(pay_no).await {
+        Ok(trade) if trade.trade_state.is_paid() => {
+            report(db, &trade).await?;
+            return Ok(Closing::Paid);
+        }
+        // Paid and paid back: nothing to close; recorded (an alert), and the order closes.
+        Ok(trade) if trade.trade_state.was_paid() => {
+            report(db, &trade).await?;
+            return Ok(Closing::Closed);
+        }
+        Ok(trade) if trade.trade_state.is_closed() => return Ok(Closing::Closed),
+        // Waiting (NOTPAY, a failed attempt), or never made: closed now.
+        Ok(_) | Err(ChannelError::NotFound) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match wechat.close(pay_no).await {
+        Ok(()) | Err(ChannelError::Closed) | Err(ChannelError::NotFound) => Ok(Closing::Closed),
+        Err(ChannelError::AlreadyPaid) => {
+            query_and_report(wechat, db, pay_no).await?;
+            Ok(Closing::Paid)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Status sync, for the status endpoint: an order's WeChat payment waiting longer than

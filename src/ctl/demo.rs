@@ -188,6 +188,11 @@ async fn play(settings: &Settings, fleet: &mut Fleet) -> anyhow::Result<(Checks,
     for (key, value) in wechat_sim_env(&sim_dir, &sim_url)? {
         fleet.set_env(&key, &value);
     }
+    // Short pay times, so the scenario can show an order running out of its own (and keep
+    // every order's expiry check equal: one wait queue, one TTL).
+    if std::env::var_os(DEMO_TTL_VAR).is_none() {
+        fleet.set_env(DEMO_TTL_VAR, &DEMO_TTL_SECS.to_string());
+    }
     fleet.spawn(fleet::INGRESS, &[])?;
     let url = fleet.ingress_url(Duration::from_secs(20)).await?;
     fleet.spawn(
@@ -201,6 +206,10 @@ async fn play(settings: &Settings, fleet: &mut Fleet) -> anyhow::Result<(Checks,
     let (checks, seeded) = scenario(settings, &api, &sim_url).await?;
     Ok((checks, seeded, url))
 }
+
+/// The demo fleet's pay time per order, unless the environment sets one.
+const DEMO_TTL_VAR: &str = "PAYFLEET__PAY__ORDER_TTL_SECS";
+const DEMO_TTL_SECS: u64 = 20;
 
 /// What the scenario seeded, for the curl lines of `--keep-running`.
 struct Seeded {
@@ -230,7 +239,22 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
     let r = api.set_pay_password(&token, "123456", &code).await?;
     c.answer("the same SMS code again", &r, 422, "SMS_CODE_INVALID");
 
-    step(5, "order one ticket (10.00) and pay it with balance");
+    step(5, "a mixed payment left unpaid: balance 2.00 and 30 points held, its WeChat part (5.00) never paid");
+    let order = api.create_order(&token, ticket, 1).await?;
+    let idle = order.field("order_no").to_owned();
+    let body =
+        mixed_body(&idle, &[("balance", "2.00", None), ("integral", "30", Some("3.00")), ("wechat", "5.00", None)]);
+    let r = api.post("/api/v1/payment/mixed/pay", Some(&token), &body).await?;
+    show(&r);
+    c.answer("mixed pay with a WeChat part", &r, 200, "SUCCESS");
+    c.expect(
+        "PAYING, with pay params for the WeChat part",
+        r.field("pay_status") == "PAYING" && !r.data()["wechat_pay_info"]["paySign"].is_null(),
+        r.data(),
+    );
+    println!("    nobody pays it: in {DEMO_TTL_SECS} s its pay time runs out (step 15)");
+
+    step(6, "order one ticket (10.00) and pay it with balance");
     let order = api.create_order(&token, ticket, 1).await?;
     show(&order);
     c.answer("create order", &order, 200, "SUCCESS");
@@ -238,16 +262,20 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
     let r = api.pay_balance(&token, &first, "10.00", "123456").await?;
     show(&r);
     c.answer("balance pay", &r, 200, "SUCCESS");
-    c.expect("remaining_balance is 90.00", r.field("remaining_balance") == "90.00", r.field("remaining_balance"));
+    c.expect(
+        "remaining_balance is 88.00 (2.00 held)",
+        r.field("remaining_balance") == "88.00",
+        r.field("remaining_balance"),
+    );
     let pay_no = r.field("pay_no").to_owned();
 
-    step(6, "pay the same order again: refused, nothing deducted");
+    step(7, "pay the same order again: refused, nothing deducted");
     let r = api.pay_balance(&token, &first, "10.00", "123456").await?;
     show(&r);
     c.answer("second pay of a paid order", &r, 409, "ORDERPAID");
     c.expect("ORDERPAID names the original pay_no", r.field("pay_no") == pay_no, r.field("pay_no"));
 
-    step(7, "a wrong pay password, then the right one");
+    step(8, "a wrong pay password, then the right one");
     let order = api.create_order(&token, ticket, 1).await?;
     let second = order.field("order_no").to_owned();
     let r = api.pay_balance(&token, &second, "10.00", "654321").await?;
@@ -257,18 +285,22 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
     let r = api.pay_balance(&token, &second, "10.00", "123456").await?;
     show(&r);
     c.answer("right password", &r, 200, "SUCCESS");
-    c.expect("remaining_balance is 80.00", r.field("remaining_balance") == "80.00", r.field("remaining_balance"));
+    c.expect("remaining_balance is 78.00", r.field("remaining_balance") == "78.00", r.field("remaining_balance"));
 
-    step(8, "order two draws (10.00) and pay them with 100 integral points");
+    step(9, "order two draws (10.00) and pay them with 100 integral points");
     let order = api.create_order(&token, draw, 2).await?;
     let third = order.field("order_no").to_owned();
     c.expect("order amount is 10.00", order.field("amount") == "10.00", order.field("amount"));
     let r = api.pay_integral(&token, &third, "100.00", "10.00").await?;
     show(&r);
     c.answer("integral pay", &r, 200, "SUCCESS");
-    c.expect("remaining_integral is 900.00", r.field("remaining_integral") == "900.00", r.field("remaining_integral"));
+    c.expect(
+        "remaining_integral is 870.00 (30 held)",
+        r.field("remaining_integral") == "870.00",
+        r.field("remaining_integral"),
+    );
 
-    step(9, "order one draw (5.00) and pay it with money2");
+    step(10, "order one draw (5.00) and pay it with money2");
     let order = api.create_order(&token, draw, 1).await?;
     let fourth = order.field("order_no").to_owned();
     let r = api.pay_money2(&token, &fourth, "5.00").await?;
@@ -276,7 +308,7 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
     c.answer("money2 pay", &r, 200, "SUCCESS");
     c.expect("remaining_money2 is 15.00", r.field("remaining_money2") == "15.00", r.field("remaining_money2"));
 
-    step(10, "refusals that change nothing");
+    step(11, "refusals that change nothing");
     let order = api.create_order(&token, ticket, 3).await?;
     let fifth = order.field("order_no").to_owned();
     let r = api.pay_money2(&token, &fifth, "30.00").await?;
@@ -291,7 +323,7 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
     let r = api.pay_balance("not-a-token", &fifth, "30.00", "123456").await?;
     c.answer("bad token", &r, 401, "UNAUTHORIZED");
 
-    step(11, "order another ticket (10.00) and pay it with WeChat (wechat-sim plays WeChat and the payer)");
+    step(12, "order another ticket (10.00) and pay it with WeChat (wechat-sim plays WeChat and the payer)");
     let order = api.create_order(&token, ticket, 1).await?;
     let sixth = order.field("order_no").to_owned();
     let body = serde_json::json!({
@@ -316,14 +348,7 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
         .send()
         .await?
         .error_for_status()?;
-    let mut settled = false;
-    for _ in 0..100 {
-        if api.status(&token, &sixth).await?.field("pay_status") == "SUCCESS" {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let settled = wait_status(api, &token, &sixth, "SUCCESS", Duration::from_secs(10)).await?;
     c.expect("the notify arrived and settled the order", settled, "still not paid after 10 s");
     let records: Vec<serde_json::Value> =
         http.get(format!("{sim_url}/sim/records?out_trade_no={pay_no}")).send().await?.json().await?;
@@ -331,7 +356,69 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
         println!("    wechat-sim sent the notify to {} → HTTP {}", record["endpoint"], record["status"]);
     }
 
-    step(12, "payment status");
+    step(13, "a mixed payment: balance 5.00 + 50 integral points (5.00), one transaction, all or nothing");
+    let order = api.create_order(&token, ticket, 1).await?;
+    let mixed = order.field("order_no").to_owned();
+    let body = mixed_body(&mixed, &[("balance", "5.00", None), ("integral", "50", Some("5.00"))]);
+    let r = api.post("/api/v1/payment/mixed/pay", Some(&token), &body).await?;
+    show(&r);
+    c.answer("mixed pay", &r, 200, "SUCCESS");
+    c.expect(
+        "paid at once, 73.00 balance and 820 points left",
+        r.field("pay_status") == "SUCCESS"
+            && r.field("remaining_balance") == "73.00"
+            && r.field("remaining_integral") == "820.00",
+        r.data(),
+    );
+
+    step(14, "a mixed payment with a WeChat part: balance 3.00 + money2 2.00 held, WeChat 5.00 paid at wechat-sim");
+    let order = api.create_order(&token, ticket, 1).await?;
+    let held = order.field("order_no").to_owned();
+    let body = mixed_body(&held, &[("balance", "3.00", None), ("money2", "2.00", None), ("wechat", "5.00", None)]);
+    let r = api.post("/api/v1/payment/mixed/pay", Some(&token), &body).await?;
+    show(&r);
+    c.answer("mixed pay with a WeChat part", &r, 200, "SUCCESS");
+    let status = api.status(&token, &held).await?;
+    let parts = part_statuses(&status);
+    println!("    parts: {}", parts.join(", "));
+    let wechat_part = status.data()["payment_details"]
+        .as_array()
+        .and_then(|d| d.iter().find(|p| p["method"] == "wechat"))
+        .and_then(|p| p["pay_no"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    c.expect(
+        "balance and money2 HELD, WeChat PAYING",
+        parts == ["balance HELD", "money2 HELD", "wechat PAYING"],
+        parts.join(", "),
+    );
+    http.post(format!("{sim_url}/sim/pay"))
+        .json(&serde_json::json!({ "out_trade_no": wechat_part }))
+        .send()
+        .await?
+        .error_for_status()?;
+    let settled = wait_status(api, &token, &held, "SUCCESS", Duration::from_secs(10)).await?;
+    c.expect("the notify settled it and made the holds final", settled, "still not paid after 10 s");
+    let status = api.status(&token, &held).await?;
+    show(&status);
+    c.expect(
+        "MIXED, every part SUCCESS",
+        status.field("pay_type") == "MIXED" && part_statuses(&status).iter().all(|p| p.ends_with("SUCCESS")),
+        status.data(),
+    );
+
+    step(15, "the unpaid mixed payment of step 5: its pay time runs out, the holds come back");
+    let closed = wait_status(api, &token, &idle, "CLOSED", Duration::from_secs(DEMO_TTL_SECS + 30)).await?;
+    let status = api.status(&token, &idle).await?;
+    let parts = part_statuses(&status);
+    println!("    parts: {}", parts.join(", "));
+    c.expect(
+        "closed, balance and integral RETURNED, the WeChat trade CLOSED",
+        closed && parts == ["balance RETURNED", "integral RETURNED", "wechat CLOSED"],
+        parts.join(", "),
+    );
+
+    step(16, "payment status");
     let r = api.status(&token, &first).await?;
     show(&r);
     c.answer("status", &r, 200, "SUCCESS");
@@ -341,24 +428,72 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
         r.data(),
     );
 
-    step(13, "final balances and the ledger");
+    step(17, "final balances and the ledger");
     let balances = crate::store::users::balances(&admin.db, user).await?.context("the demo user exists")?;
     println!("    balance {}  integral {}  money2 {}", balances.money, balances.integral, balances.money2);
     c.expect(
-        "balances are 80.00 / 900.00 / 15.00",
-        balances == Balances { money: m("80.00"), integral: m("900.00"), money2: m("15.00") },
+        "balances are 72.00 / 850.00 / 13.00",
+        balances == Balances { money: m("72.00"), integral: m("850.00"), money2: m("13.00") },
         format!("{balances:?}"),
     );
     let ledger = ledger_lines(&admin, user).await?;
     for line in &ledger {
         println!("    {line}");
     }
-    c.expect("four ledger rows", ledger.len() == 4, ledger.len());
+    c.expect("twelve ledger rows (two holds and their returns among them)", ledger.len() == 12, ledger.len());
     let audit = crate::store::ledger::audit(&admin.db).await?;
     c.expect("ledger chains, accounts, profit_pay and orders agree", audit.is_clean(), format!("{audit:?}"));
     let relayed = wait_outbox_drained(&admin).await?;
     c.expect("every order-paid event relayed to order.followup", relayed, "outbox rows still unsent");
     Ok((c, Seeded { user, token, goods: ticket }))
+}
+
+/// A mixed pay body: (type, amount, money_equivalent) per part, the demo payer's openid and
+/// pay password.
+fn mixed_body(order_no: &str, parts: &[(&str, &str, Option<&str>)]) -> Value {
+    let methods: Vec<Value> = parts
+        .iter()
+        .map(|(kind, amount, yuan)| serde_json::json!({ "type": kind, "amount": amount, "money_equivalent": yuan }))
+        .collect();
+    let total = parts
+        .iter()
+        .map(|(_, amount, yuan)| Money::parse(yuan.unwrap_or(amount)).expect("demo amounts are valid"))
+        .fold(Money::ZERO, |sum, part| sum.checked_add(part).expect("demo amounts fit"));
+    serde_json::json!({
+        "order_no": order_no, "total_amount": total.to_string(), "payment_methods": methods,
+        "pay_password": "123456", "openid": "oDemoPayer0000000000000000000", "trade_type": "JSAPI",
+    })
+}
+
+/// "method STATUS" for each part in a status answer's payment_details.
+fn part_statuses(status: &ApiResponse) -> Vec<String> {
+    status.data()["payment_details"]
+        .as_array()
+        .map(|parts| {
+            parts
+                .iter()
+                .map(|p| format!("{} {}", p["method"].as_str().unwrap_or("?"), p["status"].as_str().unwrap_or("?")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls an order's status until its pay_status is `wanted`; false if it is not within `within`.
+async fn wait_status(
+    api: &ApiClient,
+    token: &str,
+    order_no: &str,
+    wanted: &str,
+    within: Duration,
+) -> anyhow::Result<bool> {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if api.status(token, order_no).await?.field("pay_status") == wanted {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(false)
 }
 
 async fn ledger_lines(admin: &Admin, user: i64) -> anyhow::Result<Vec<String>> {
@@ -367,10 +502,11 @@ async fn ledger_lines(admin: &Admin, user: i64) -> anyhow::Result<Vec<String>> {
         .into_iter()
         .map(|e| {
             format!(
-                "{:<8} {:>8} → {:>8}  {} {}",
+                "{:<8} {:>8} → {:>8}  {:<6} {} {}",
                 e.asset,
                 e.change,
                 e.balance_after,
+                e.reason,
                 e.order_no.unwrap_or_default(),
                 e.pay_no.unwrap_or_default()
             )
@@ -393,12 +529,18 @@ fn print_try_lines(url: &str, seeded: &Seeded) {
     println!(
         "\nThe fleet keeps running (Ctrl-C, SIGTERM or closing the terminal stops it). User {user} has pay password 123456. Try:"
     );
+    if std::env::var_os(DEMO_TTL_VAR).is_none() {
+        println!("  (an order stays payable for {DEMO_TTL_SECS} s here; set {DEMO_TTL_VAR} for longer)");
+    }
     println!("  TOKEN={token}");
     println!(
         "  curl -s -X POST {url}/api/v1/orders -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"goods_id\":{goods},\"num\":1}}'"
     );
     println!(
         "  curl -s -X POST {url}/api/v1/payment/balance/pay -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"order_no\":\"<order_no>\",\"amount\":\"10.00\",\"pay_password\":\"123456\"}}'"
+    );
+    println!(
+        "  curl -s -X POST {url}/api/v1/payment/mixed/pay -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"order_no\":\"<order_no>\",\"total_amount\":\"10.00\",\"pay_password\":\"123456\",\"payment_methods\":[{{\"type\":\"balance\",\"amount\":\"4.00\"}},{{\"type\":\"integral\",\"amount\":\"60\",\"money_equivalent\":\"6.00\"}}]}}'"
     );
     println!("  curl -s {url}/api/v1/payment/<order_no>/status -H \"Authorization: Bearer $TOKEN\"");
     println!("  curl -s {url}/readyz");

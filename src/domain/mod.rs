@@ -2,6 +2,7 @@
 //! whole fleet answers with. Every other module builds on these.
 
 pub mod code;
+pub mod mixed;
 pub mod money;
 pub mod order;
 pub mod payment;
@@ -9,4 +10,4 @@ pub mod payment;
 pub use code::Code;
 pub use money::{Money, MoneyError};
 pub use order::{GoodsKind, OrderStatus};
-pub use payment::{Asset, PayMethod, PaymentStatus};
+pub use payment::{Asset, PayMethod, PayType, PaymentStatus};

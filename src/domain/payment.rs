@@ -151,36 +151,47 @@ impl Alert {
 ///   channel payment ─► PAYING ─the channel reports it paid─► SUCCESS
 ///                        │  └──closed unpaid──► CLOSED ──paid anyway──► SUCCESS
 ///                        └──paid and refunded before it settled here──► REFUNDED
+///   internal part of a mixed payment with a channel part:
+///                      HELD ─the channel part settled─► SUCCESS
+///                        └──the order closed or reopened unpaid──► RETURNED
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum PaymentStatus {
     /// Waiting for the payer at the channel.
     Paying,
+    /// Taken from the account for a mixed payment whose channel part has not settled yet.
+    Held,
     Success,
     /// The channel refused it for good (kept for rows of older versions).
     Failed,
     /// Closed unpaid: the order's pay time ran out, or the order was paid another way.
     Closed,
+    /// A hold given back: the mixed payment it belonged to closed unpaid.
+    Returned,
     /// Paid and given back.
     Refunded,
 }
 
 impl PaymentStatus {
-    pub const ALL: [PaymentStatus; 5] = [
+    pub const ALL: [PaymentStatus; 7] = [
         PaymentStatus::Paying,
+        PaymentStatus::Held,
         PaymentStatus::Success,
         PaymentStatus::Failed,
         PaymentStatus::Closed,
+        PaymentStatus::Returned,
         PaymentStatus::Refunded,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             PaymentStatus::Paying => "PAYING",
+            PaymentStatus::Held => "HELD",
             PaymentStatus::Success => "SUCCESS",
             PaymentStatus::Failed => "FAILED",
             PaymentStatus::Closed => "CLOSED",
+            PaymentStatus::Returned => "RETURNED",
             PaymentStatus::Refunded => "REFUNDED",
         }
     }
@@ -271,6 +282,51 @@ impl PayMethod {
             PayMethod::Integral => "积分支付",
             PayMethod::Money2 => "哈尼券支付",
         }
+    }
+}
+
+/// How an order is (being) paid: one method, or several at once (`orders.pay_type`, the status
+/// answer's `pay_type`, the order-paid event). Spelled as the method, or `mixed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PayType {
+    Single(PayMethod),
+    Mixed,
+}
+
+impl PayType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayType::Single(method) => method.as_str(),
+            PayType::Mixed => "mixed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PayType> {
+        match s {
+            "mixed" => Some(PayType::Mixed),
+            _ => PayMethod::parse(s).map(PayType::Single),
+        }
+    }
+
+    /// `pay_type` in the status answer: `WECHAT`, `BALANCE`…, `MIXED`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PayType::Single(method) => method.pay_type_name(),
+            PayType::Mixed => "MIXED",
+        }
+    }
+}
+
+impl Serialize for PayType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for PayType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        PayType::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is no pay type")))
     }
 }
 

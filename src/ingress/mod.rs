@@ -6,6 +6,7 @@ mod extract;
 mod fields;
 pub mod health;
 mod limits;
+mod mixed_pay;
 mod orders;
 mod pay_call;
 mod payment;
@@ -85,6 +86,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(orders::router())
         .merge(payment::router())
+        .merge(mixed_pay::router())
         .merge(user::router())
         .merge(wechat_pay::router())
         .merge(wechat_notify::router())

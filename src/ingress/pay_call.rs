@@ -8,8 +8,9 @@ use serde_json::json;
 
 use super::respond::{ok, processing, rfc3339};
 use super::{ApiError, AppState, RequestId, Result};
-use crate::domain::PayMethod;
+use crate::domain::mixed::MixedReceipt;
 use crate::domain::payment::Receipt;
+use crate::domain::{PayMethod, PaymentStatus};
 use crate::mq::MqError;
 use crate::mq::envelope::traceparent_for;
 use crate::mq::messages::{PayReplied, PayRequested, PrepaidReply};
@@ -21,9 +22,21 @@ pub async fn pay_with_asset(app: &AppState, request_id: RequestId, request: &Pay
     match call_pay_worker(app, request_id, order_no, request).await? {
         Some(PayReplied::Paid(receipt)) => Ok(paid(order_no, &receipt)),
         Some(PayReplied::Refused(refusal)) => Err(refusal.into()),
-        Some(PayReplied::Prepaid(_)) => {
-            Err(ApiError::internal(&"the pay-worker answered an asset payment with pay params"))
+        Some(other @ (PayReplied::Prepaid(_) | PayReplied::Mixed(_))) => {
+            Err(ApiError::internal(&format_args!("the pay-worker answered an asset payment with {other:?}")))
         }
+        None => Ok(processing(order_no)),
+    }
+}
+
+/// Pays with several methods at once: 200 with every part (and the WeChat part's pay params),
+/// the refusal, or 202.
+pub async fn pay_mixed(app: &AppState, request_id: RequestId, request: &PayRequested) -> Result<Response> {
+    let order_no = order_no(request);
+    match call_pay_worker(app, request_id, order_no, request).await? {
+        Some(PayReplied::Mixed(receipt)) => Ok(mixed(order_no, &receipt)),
+        Some(PayReplied::Refused(refusal)) => Err(refusal.into()),
+        Some(other) => Err(ApiError::internal(&format_args!("the pay-worker answered a mixed payment with {other:?}"))),
         None => Ok(processing(order_no)),
     }
 }
@@ -40,7 +53,9 @@ pub async fn pay_with_wechat(
     match call_pay_worker(app, request_id, order_no, request).await? {
         Some(PayReplied::Prepaid(prepaid)) => Ok(present(prepaid)),
         Some(PayReplied::Refused(refusal)) => Err(refusal.into()),
-        Some(PayReplied::Paid(_)) => Err(ApiError::internal(&"the pay-worker answered a WeChat create with a receipt")),
+        Some(other @ (PayReplied::Paid(_) | PayReplied::Mixed(_))) => {
+            Err(ApiError::internal(&format_args!("the pay-worker answered a WeChat create with {other:?}")))
+        }
         None => Ok(processing(order_no)),
     }
 }
@@ -49,6 +64,7 @@ fn order_no(request: &PayRequested) -> &str {
     match request {
         PayRequested::Asset(r) => &r.order_no,
         PayRequested::WechatCreate(r) => &r.order_no,
+        PayRequested::Mixed(r) => &r.order_no,
     }
 }
 
@@ -92,5 +108,40 @@ fn paid(order_no: &str, receipt: &Receipt) -> Response {
         "pay_status": "SUCCESS",
     });
     data[remaining_key] = json!(receipt.remaining);
+    ok(message, data)
+}
+
+/// 200 with seed 000's fields for a mixed payment: what each part paid (`integral_paid` in
+/// points), what is left of each asset, and the WeChat part's pay params.
+fn mixed(order_no: &str, receipt: &MixedReceipt) -> Response {
+    let mut data = json!({
+        "order_no": order_no,
+        "pay_no": receipt.mixed_no,
+        "pay_status": receipt.status,
+        "pay_time": receipt.pay_time.map(rfc3339),
+    });
+    for part in &receipt.parts {
+        let (paid, remaining) = match part.method {
+            PayMethod::Balance => ("balance_paid", "remaining_balance"),
+            PayMethod::Integral => ("integral_paid", "remaining_integral"),
+            PayMethod::Money2 => ("money2_paid", "remaining_money2"),
+            PayMethod::Wechat => ("wechat_amount", ""),
+        };
+        data[paid] = json!(part.asset_amount);
+        if let Some(left) = part.remaining {
+            data[remaining] = json!(left);
+        }
+    }
+    if let Some(info) = &receipt.wechat_pay_info {
+        data["wechat_pay_info"] = info.clone();
+    }
+    if let Some(note) = &receipt.note {
+        data["note"] = json!(note);
+    }
+    let message = match receipt.status {
+        PaymentStatus::Success => "mixed payment succeeded",
+        _ if receipt.wechat_pay_info.is_some() => "mixed payment created; pay the WeChat part to finish",
+        _ => "mixed payment created; the WeChat part has no pay params yet",
+    };
     ok(message, data)
 }

@@ -14,10 +14,13 @@ use super::fields::{check_order_no, parse_money, payment_amount};
 use super::limits::{self, ClientIp, Kind};
 use super::respond::{ok, rfc3339};
 use super::{ApiError, AppState, RequestId, Result, pay_call};
-use crate::channel_sync;
-use crate::domain::{Money, OrderStatus, PayMethod, PaymentStatus};
+use crate::channel_sync::{self, Closing};
+use crate::domain::Code;
+use crate::domain::{Money, OrderStatus, PayMethod, PayType, PaymentStatus};
 use crate::mq::messages::{AssetPayRequested, PayRequested};
 use crate::password::SealedFor;
+use crate::store::orders::PaymentDetail;
+use crate::store::{self, wechat::Cancelled};
 
 #[derive(Deserialize)]
 struct BalancePay {
@@ -139,18 +142,29 @@ async fn status(
         .payments
         .iter()
         .map(|p| {
-            let mut detail = json!({ "method": p.method.as_str(), "amount": p.amount, "status": p.status });
+            let mut detail =
+                json!({ "method": p.method.as_str(), "amount": p.amount, "status": p.status, "pay_no": p.pay_no });
+            if p.method == PayMethod::Integral {
+                detail["points"] = json!(p.asset_amount);
+            }
             if let Some(no) = &p.third_party_no {
                 detail["transaction_id"] = json!(no);
             }
             detail
         })
         .collect();
-    // The channel's number of the payment that settled the order, as on the payer's bill.
+    // The channel's number of the payment that settled the order (its WeChat part, for a mixed
+    // payment), as on the payer's bill.
+    let settled_it = |p: &PaymentDetail| match order.pay_type {
+        Some(PayType::Single(method)) => p.method == method,
+        Some(PayType::Mixed) => p.mixed_no.is_some() && p.mixed_no == order.pay_no,
+        None => false,
+    };
     let transaction_id = order
         .payments
         .iter()
-        .find(|p| p.status == PaymentStatus::Success && order.pay_method == Some(p.method))
+        .filter(|p| p.status == PaymentStatus::Success && order.status == OrderStatus::Paid)
+        .find(|p| settled_it(p) && p.third_party_no.is_some())
         .and_then(|p| p.third_party_no.clone());
     // Why an unpaid order is still unpaid, when a pay request of this user was refused (a
     // request answered 202 never saw its refusal). Best effort: Redis being away hides it.
@@ -170,7 +184,7 @@ async fn status(
         json!({
             "order_no": order.order_no,
             "pay_status": pay_status,
-            "pay_type": order.pay_method.map(PayMethod::pay_type_name),
+            "pay_type": order.pay_type.map(PayType::name),
             "pay_amount": order.amount,
             "pay_time": order.paid_at.map(rfc3339),
             "pay_no": order.pay_no,
@@ -182,10 +196,52 @@ async fn status(
     ))
 }
 
+/// POST /api/v1/payment/{orderNo}/cancel: the owner gives up an unpaid order. A WeChat payment
+/// it waits for is closed at WeChat first (if WeChat took the money meanwhile, the order is not
+/// cancelled: it settles as paid); a mixed payment's held parts go back to their assets.
+async fn cancel(
+    State(app): State<AppState>,
+    AuthUser(user_id): AuthUser,
+    client: ClientIp,
+    Path(order_no): Path<String>,
+) -> Result<Response> {
+    limits::check(&app, Kind::Create, user_id, client).await?;
+    check_order_no(&order_no)?;
+    let mut checked: Option<String> = None;
+    // Twice at most: the WeChat payment it waits for is closed at WeChat, then the order here.
+    // A third round would mean a new WeChat payment began in between: the payer is still paying.
+    for _ in 0..2 {
+        match store::wechat::cancel(&app.db, &order_no, user_id, checked.as_deref()).await? {
+            Cancelled::Closed | Cancelled::AlreadyClosed => {
+                tracing::info!(order_no, user_id, "order cancelled by its owner");
+                return Ok(ok("order cancelled", json!({ "order_no": order_no, "status": "CLOSED" })));
+            }
+            Cancelled::Refused(refusal) => return Err(refusal.into()),
+            Cancelled::Unchecked(pay_no) => {
+                if let Some(wechat) = &app.wechat {
+                    match channel_sync::close_trade(wechat, &app.db, &pay_no).await {
+                        Ok(Closing::Closed) => {}
+                        Ok(Closing::Paid) => {
+                            return Err(ApiError::new(
+                                Code::OrderPaid,
+                                "WeChat took the payment before the cancel; the order shows as paid in a moment",
+                            ));
+                        }
+                        Err(e) => return Err(ApiError::unavailable(&e)),
+                    }
+                }
+                checked = Some(pay_no);
+            }
+        }
+    }
+    Err(ApiError::new(Code::OrderPaying, "a new WeChat payment of this order began meanwhile; cancel again"))
+}
+
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/payment/balance/pay", post(pay_balance))
         .route("/api/v1/payment/integral/pay", post(pay_integral))
         .route("/api/v1/payment/money2/pay", post(pay_money2))
         .route("/api/v1/payment/{order_no}/status", get(status))
+        .route("/api/v1/payment/{order_no}/cancel", post(cancel))
 }

@@ -16,7 +16,7 @@ use super::respond::ok;
 use super::{ApiError, AppState, RequestId, Result, pay_call};
 use crate::channel::TradeType;
 use crate::domain::{Code, OrderStatus, PayMethod};
-use crate::mq::messages::{PayRequested, WechatCreateRequested};
+use crate::mq::messages::{PayRequested, WechatCreateRequested, WechatPayer};
 
 #[derive(Deserialize)]
 struct CreateWechat {
@@ -44,34 +44,15 @@ async fn create(
     check_order_no(&body.order_no)?;
     let amount = payment_amount(&app, "amount", &body.amount)?;
     app.pay.rule(PayMethod::Wechat).check(PayMethod::Wechat, amount)?;
-    let trade_type = match body.trade_type.as_deref() {
-        None => TradeType::Jsapi,
-        Some(t) => {
-            TradeType::parse(t).ok_or_else(|| ApiError::validation("trade_type must be JSAPI, H5, NATIVE or APP"))?
-        }
-    };
-    let openid = body.openid.filter(|o| !o.is_empty());
-    if trade_type == TradeType::Jsapi && openid.is_none() {
-        return Err(ApiError::validation("openid is required for JSAPI (mini-program) payments"));
-    }
-    if openid.as_deref().is_some_and(|o| !is_openid(o)) {
-        return Err(ApiError::validation("openid must be 1 to 128 letters, digits, '_' or '-'"));
-    }
-    // The payer's address for WeChat: the one the mini-program sends, or the one the rate
-    // limits see (`ClientIp`, which trusts `X-Forwarded-For` only as configured).
-    let client_ip =
-        body.client_ip.or_else(|| client.0.map(|ip| ip.to_string())).unwrap_or_else(|| "127.0.0.1".to_owned());
-    if client_ip.parse::<std::net::IpAddr>().is_err() {
-        return Err(ApiError::validation("client_ip must be an IP address"));
-    }
+    let payer = payer(body.trade_type.as_deref(), body.openid, body.client_ip, client)?;
     let request = WechatCreateRequested {
         request_id: request_id.0,
         user_id,
         order_no: body.order_no.clone(),
         amount,
-        trade_type,
-        openid,
-        client_ip,
+        trade_type: payer.trade_type,
+        openid: payer.openid,
+        client_ip: payer.client_ip,
         requested_at: OffsetDateTime::now_utc(),
     };
     pay_call::pay_with_wechat(&app, request_id, &PayRequested::WechatCreate(request), |prepaid| {
@@ -81,6 +62,36 @@ async fn create(
         ok("WeChat payment created", data)
     })
     .await
+}
+
+/// Who pays with WeChat, from a create's (or a mixed payment's) fields: the trade type (JSAPI
+/// unless named), the openid JSAPI needs, and the payer's address.
+pub(super) fn payer(
+    trade_type: Option<&str>,
+    openid: Option<String>,
+    client_ip: Option<String>,
+    client: ClientIp,
+) -> Result<WechatPayer> {
+    let trade_type = match trade_type {
+        None => TradeType::Jsapi,
+        Some(t) => {
+            TradeType::parse(t).ok_or_else(|| ApiError::validation("trade_type must be JSAPI, H5, NATIVE or APP"))?
+        }
+    };
+    let openid = openid.filter(|o| !o.is_empty());
+    if trade_type == TradeType::Jsapi && openid.is_none() {
+        return Err(ApiError::validation("openid is required for JSAPI (mini-program) payments"));
+    }
+    if openid.as_deref().is_some_and(|o| !is_openid(o)) {
+        return Err(ApiError::validation("openid must be 1 to 128 letters, digits, '_' or '-'"));
+    }
+    // The payer's address for WeChat: the one the mini-program sends, or the one the rate
+    // limits see (`ClientIp`, which trusts `X-Forwarded-For` only as configured).
+    let client_ip = client_ip.or_else(|| client.0.map(|ip| ip.to_string())).unwrap_or_else(|| "127.0.0.1".to_owned());
+    if client_ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(ApiError::validation("client_ip must be an IP address"));
+    }
+    Ok(WechatPayer { trade_type, openid, client_ip })
 }
 
 /// The shape of a WeChat openid (28 characters of base64url in practice). In production it

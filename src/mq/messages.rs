@@ -8,8 +8,9 @@ use uuid::Uuid;
 
 use super::topology;
 use crate::channel::{Trade, TradeType};
+use crate::domain::mixed::{MixedPart, MixedReceipt};
 use crate::domain::payment::{Receipt, Refusal};
-use crate::domain::{GoodsKind, Money, PayMethod};
+use crate::domain::{GoodsKind, Money, PayMethod, PayType};
 
 /// Bumped when a message body changes incompatibly; consumers refuse versions they do not know.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -51,6 +52,36 @@ pub enum PayRequested {
     Asset(AssetPayRequested),
     /// Create (or reuse) the WeChat payment of an order and answer the client's pay params.
     WechatCreate(WechatCreateRequested),
+    /// Pay an order with several methods at once.
+    Mixed(MixedPayRequested),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MixedPayRequested {
+    /// Unique per HTTP request; the mixed payment keeps it, so a redelivery is recognised.
+    pub request_id: Uuid,
+    pub user_id: i64,
+    pub order_no: String,
+    /// The order amount the payer confirmed, in yuan; the parts add up to it.
+    pub total: Money,
+    pub parts: Vec<MixedPart>,
+    /// With a balance part: the pay password, sealed for this request and `total`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_password: Option<String>,
+    /// With a WeChat part: how its channel order is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wechat: Option<WechatPayer>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
+}
+
+/// Who pays a WeChat part, and how.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WechatPayer {
+    pub trade_type: TradeType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openid: Option<String>,
+    pub client_ip: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +125,8 @@ pub enum PayReplied {
     Refused(Refusal),
     /// A WeChat payment is ready: the client pays with these params.
     Prepaid(PrepaidReply),
+    /// A mixed payment was paid, or its internal parts are held for its WeChat part.
+    Mixed(MixedReceipt),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,8 +196,10 @@ pub struct OrderPaid {
     pub kind: GoodsKind,
     pub num: i32,
     pub amount: Money,
+    /// The payment that settled it (`MIX…` for a mixed one).
     pub pay_no: String,
-    pub method: PayMethod,
+    #[serde(alias = "method")]
+    pub pay_type: PayType,
     #[serde(with = "time::serde::rfc3339")]
     pub paid_at: OffsetDateTime,
 }

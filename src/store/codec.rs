@@ -10,7 +10,7 @@ use sqlx::{Decode, Encode, Postgres, Type};
 
 use crate::channel::TradeType;
 use crate::config::WechatApiVersion;
-use crate::domain::{GoodsKind, Money, OrderStatus, PayMethod, PaymentStatus};
+use crate::domain::{GoodsKind, Money, OrderStatus, PayMethod, PayType, PaymentStatus};
 use crate::wechat::v2::sign::SignType;
 
 macro_rules! stored_as_text {
@@ -40,7 +40,7 @@ macro_rules! stored_as_text {
     )*};
 }
 
-stored_as_text!(OrderStatus, PaymentStatus, PayMethod, GoodsKind, TradeType, WechatApiVersion, SignType);
+stored_as_text!(OrderStatus, PaymentStatus, PayMethod, PayType, GoodsKind, TradeType, WechatApiVersion, SignType);
 
 impl Type<Postgres> for Money {
     fn type_info() -> PgTypeInfo {

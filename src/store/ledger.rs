@@ -11,13 +11,15 @@ pub struct Entry {
     pub asset: String,
     pub change: Decimal,
     pub balance_after: Decimal,
+    /// `pay`, `hold` (taken for a mixed payment's WeChat part), `return` (a hold given back).
+    pub reason: String,
     pub order_no: Option<String>,
     pub pay_no: Option<String>,
 }
 
 pub async fn entries(pool: &PgPool, user_id: i64) -> Result<Vec<Entry>> {
     Ok(sqlx::query_as(
-        "SELECT asset, change, balance_after, order_no, pay_no FROM asset_ledger WHERE user_id = $1 ORDER BY id",
+        "SELECT asset, change, balance_after, reason, order_no, pay_no FROM asset_ledger WHERE user_id = $1 ORDER BY id",
     )
     .bind(user_id)
     .fetch_all(pool)
@@ -33,8 +35,12 @@ pub struct Audit {
     pub mismatched_accounts: i64,
     /// Successful payments without their profit_pay row, or profit_pay rows without a payment.
     pub unrecorded_payments: i64,
-    /// Paid orders without exactly one successful payment.
+    /// Paid orders whose successful payments do not add up to the order amount (one payment, or
+    /// the parts of one mixed payment).
     pub orders_without_payment: i64,
+    /// Holds neither final nor returned once their mixed payment ended, parts of a paid mixed
+    /// payment not final, and returned holds without their one `return` ledger row.
+    pub loose_holds: i64,
     /// (user, day) pairs whose `balance_daily` total is not the sum of that day's successful
     /// balance payments (the daily limit would count wrong).
     pub daily_totals_off: i64,
@@ -48,14 +54,16 @@ impl Audit {
                 mismatched_accounts: 0,
                 unrecorded_payments: 0,
                 orders_without_payment: 0,
+                loose_holds: 0,
                 daily_totals_off: 0,
             }
     }
 }
 
 /// Checks the whole database: every ledger chain, every account against its last ledger row,
-/// every payment against profit_pay, every paid order against its payment, every day's balance
-/// total against its payments.
+/// every payment against profit_pay, every paid order against its payments, every hold against
+/// its mixed payment, every day's balance total against its payments (held ones count: the money
+/// left the account that day).
 pub async fn audit(pool: &PgPool) -> Result<Audit> {
     Ok(sqlx::query_as(
         "WITH chain AS (
@@ -78,13 +86,20 @@ pub async fn audit(pool: &PgPool) -> Result<Audit> {
                     OR pp.change_money <> -p.amount OR pp.pay_type <> CASE p.method WHEN 'wechat' THEN 1
                         WHEN 'balance' THEN 2 WHEN 'integral' THEN 3 ELSE 4 END)) AS unrecorded_payments,
            (SELECT count(*) FROM orders o WHERE o.status = 'PAID'
-             AND (SELECT count(*) FROM payments p WHERE p.order_no = o.order_no AND p.status = 'SUCCESS') <> 1)
+             AND (SELECT coalesce(sum(p.amount), 0) FROM payments p WHERE p.order_no = o.order_no AND p.status = 'SUCCESS')
+                 <> o.amount)
              AS orders_without_payment,
+           (SELECT count(*) FROM payments p JOIN mixed_payments m USING (mixed_no)
+             WHERE (p.status = 'HELD' AND m.status <> 'PAYING')
+                OR (m.status = 'SUCCESS' AND p.status <> 'SUCCESS')
+                OR (p.status = 'RETURNED' AND (SELECT count(*) FROM asset_ledger l
+                                               WHERE l.pay_no = p.pay_no AND l.reason = 'return') <> 1))
+             AS loose_holds,
            (SELECT count(*) FROM balance_daily d FULL JOIN (
                SELECT user_id, shanghai_day(paid_at) AS day, sum(amount) AS paid
-               FROM payments WHERE method = 'balance' AND status = 'SUCCESS' GROUP BY 1, 2
+               FROM payments WHERE method = 'balance' AND status IN ('SUCCESS', 'HELD') GROUP BY 1, 2
              ) p USING (user_id, day)
-             WHERE d.paid IS DISTINCT FROM p.paid) AS daily_totals_off",
+             WHERE coalesce(d.paid, 0) <> coalesce(p.paid, 0)) AS daily_totals_off",
     )
     .fetch_one(pool)
     .await?)

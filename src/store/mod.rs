@@ -4,6 +4,7 @@
 mod codec;
 pub mod goods;
 pub mod ledger;
+pub mod mixed;
 pub mod orders;
 pub mod outbox;
 pub mod payments;

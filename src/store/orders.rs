@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::outbox::{self, Outgoing};
 use crate::domain::order::OrderFacts;
-use crate::domain::{GoodsKind, Money, OrderStatus, PayMethod, PaymentStatus};
+use crate::domain::{GoodsKind, Money, OrderStatus, PayMethod, PayType, PaymentStatus};
 use crate::mq::messages::PayTimeoutDue;
 
 /// An order as the pay paths read it (`lock`, `read`).
@@ -177,12 +177,18 @@ pub async fn create_order(
     Ok(order)
 }
 
-/// One payment of an order, as the status endpoint lists it.
+/// One payment of an order (or one part of a mixed payment), as the status endpoint lists it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PaymentDetail {
+    pub pay_no: String,
     pub method: PayMethod,
+    /// Yuan.
     pub amount: Money,
+    /// In the asset's unit: points for integral.
+    pub asset_amount: Money,
     pub status: PaymentStatus,
+    /// The mixed payment it is a part of.
+    pub mixed_no: Option<String>,
     /// The channel's number of the payment (WeChat's transaction_id, on the payer's bill).
     pub third_party_no: Option<String>,
 }
@@ -193,8 +199,7 @@ pub struct OrderView {
     pub order_no: String,
     pub status: OrderStatus,
     pub amount: Money,
-    #[sqlx(rename = "pay_type")]
-    pub pay_method: Option<PayMethod>,
+    pub pay_type: Option<PayType>,
     pub pay_no: Option<String>,
     pub paid_at: Option<OffsetDateTime>,
     pub expires_at: OffsetDateTime,
@@ -216,11 +221,13 @@ pub async fn find_for_user(pool: &PgPool, order_no: &str, user_id: i64) -> Resul
     let Some(mut view) = view else {
         return Ok(None);
     };
-    view.payments =
-        sqlx::query_as("SELECT method, amount, status, third_party_no FROM payments WHERE order_no = $1 ORDER BY id")
-            .bind(&view.order_no)
-            .fetch_all(pool)
-            .await?;
+    view.payments = sqlx::query_as(
+        "SELECT pay_no, method, amount, asset_amount, status, mixed_no, third_party_no
+             FROM payments WHERE order_no = $1 ORDER BY id",
+    )
+    .bind(&view.order_no)
+    .fetch_all(pool)
+    .await?;
     Ok(Some(view))
 }
 

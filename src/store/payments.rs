@@ -35,7 +35,7 @@ use super::orders::{self, OrderRow};
 use super::outbox::{self, Outgoing};
 use crate::domain::order::check_payable;
 use crate::domain::payment::{Receipt, Refusal};
-use crate::domain::{Asset, Code, Money, OrderStatus, PayMethod};
+use crate::domain::{Asset, Code, Money, OrderStatus, PayMethod, PayType};
 use crate::mq::messages::OrderPaid;
 
 /// One payment to apply.
@@ -82,13 +82,36 @@ pub async fn apply(pool: &PgPool, batch: &[AssetPayment]) -> Result<Vec<Applied>
     Ok(results.into_iter().map(|r| r.expect("every request is decided in some round")).collect())
 }
 
+/// A paying user's row, locked.
 #[derive(sqlx::FromRow)]
-struct LockedUser {
-    id: i64,
-    money: Money,
-    integral: Money,
-    money2: Money,
-    pay_password_hash: Option<String>,
+pub(super) struct LockedUser {
+    pub id: i64,
+    pub money: Money,
+    pub integral: Money,
+    pub money2: Money,
+    pub pay_password_hash: Option<String>,
+}
+
+impl LockedUser {
+    pub fn balance(&self, asset: Asset) -> Money {
+        match asset {
+            Asset::Money => self.money,
+            Asset::Integral => self.integral,
+            Asset::Money2 => self.money2,
+        }
+    }
+}
+
+/// Locks these users (in id order, so two payers never deadlock on them) and reads their
+/// accounts as they are once the locks are granted. Orders are locked before users, always.
+pub(super) async fn lock_users(tx: &mut sqlx::PgConnection, user_ids: &[i64]) -> Result<Vec<LockedUser>> {
+    Ok(sqlx::query_as(
+        "SELECT id, money, integral, money2, pay_password_hash FROM users
+         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(user_ids)
+    .fetch_all(&mut *tx)
+    .await?)
 }
 
 /// What step 2 makes of a request.
@@ -151,22 +174,10 @@ pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> R
         decisions.iter().zip(items).filter(|(d, _)| matches!(d, Decision::Candidate)).map(|(_, p)| p.user_id).collect();
     user_ids.sort_unstable();
     user_ids.dedup();
-    let users: Vec<LockedUser> = if user_ids.is_empty() {
-        Vec::new()
-    } else {
-        sqlx::query_as(
-            "SELECT id, money, integral, money2, pay_password_hash FROM users
-             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        )
-        .bind(&user_ids)
-        .fetch_all(&mut *tx)
-        .await?
-    };
+    let users = if user_ids.is_empty() { Vec::new() } else { lock_users(tx, &user_ids).await? };
     let mut balances: HashMap<i64, BTreeMap<Asset, Money>> = users
         .iter()
-        .map(|u| {
-            (u.id, BTreeMap::from([(Asset::Money, u.money), (Asset::Integral, u.integral), (Asset::Money2, u.money2)]))
-        })
+        .map(|u| (u.id, [Asset::Money, Asset::Integral, Asset::Money2].map(|a| (a, u.balance(a))).into()))
         .collect();
     let hashes: HashMap<i64, Option<&str>> = users.iter().map(|u| (u.id, u.pay_password_hash.as_deref())).collect();
     // What each limited user paid with balance today, read after the user's lock: a payment
@@ -198,16 +209,8 @@ pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> R
                     continue;
                 }
                 let today = paid_today.get(&payment.user_id).copied().unwrap_or(Money::ZERO);
-                if let Some(limit) = payment.daily_limit
-                    && today.checked_add(payment.amount).is_none_or(|after| after > limit)
-                {
-                    outcomes[i] = Some(Applied::Refused(Refusal::new(
-                        Code::DailyLimit,
-                        format!(
-                            "balance payments are limited to {limit} yuan a day: {today} paid today, {} more would pass it",
-                            payment.amount
-                        ),
-                    )));
+                if let Some(refusal) = past_daily_limit(payment.daily_limit, today, payment.amount) {
+                    outcomes[i] = Some(Applied::Refused(refusal));
                     continue;
                 }
                 let balance = balances.get_mut(&payment.user_id).and_then(|b| b.get_mut(&asset));
@@ -224,17 +227,7 @@ pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> R
                         }
                         fitting.push((i, payment, asset, after));
                     }
-                    None => {
-                        outcomes[i] = Some(Applied::Refused(Refusal::new(
-                            Code::NotEnough,
-                            format!(
-                                "not enough {}: {} left, {} needed",
-                                asset_name(asset),
-                                balance,
-                                payment.asset_amount
-                            ),
-                        )));
-                    }
+                    None => outcomes[i] = Some(Applied::Refused(not_enough(asset, *balance, payment.asset_amount))),
                 }
             }
         }
@@ -248,7 +241,7 @@ pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> R
             .await?;
         for ((i, payment, asset, balance_after), seq) in fitting.into_iter().zip(seqs) {
             let order = by_no[payment.order_no.as_str()];
-            let pay_no = pay_no(payment.method, order.now, seq);
+            let pay_no = pay_no(payment.method.pay_no_prefix(), order.now, seq);
             settled.push((i, Settled { payment, asset, pay_no, balance_after, order }));
         }
         write_settled(tx, &settled).await?;
@@ -278,9 +271,27 @@ pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> R
     Ok(outcomes.into_iter().map(|o| o.expect("every request decided")).collect())
 }
 
+/// DAILY_LIMIT, if paying `amount` more with balance today passes the limit.
+pub(super) fn past_daily_limit(limit: Option<Money>, today: Money, amount: Money) -> Option<Refusal> {
+    let limit = limit?;
+    today.checked_add(amount).is_none_or(|after| after > limit).then(|| {
+        Refusal::new(
+            Code::DailyLimit,
+            format!(
+                "balance payments are limited to {limit} yuan a day: {today} paid today, {amount} more would pass it"
+            ),
+        )
+    })
+}
+
+/// NOTENOUGH: the asset does not cover what the payment takes.
+pub(super) fn not_enough(asset: Asset, left: Money, needed: Money) -> Refusal {
+    Refusal::new(Code::NotEnough, format!("not enough {}: {left} left, {needed} needed", asset_name(asset)))
+}
+
 /// What each of these users paid with balance in the transaction's calendar day in
 /// Asia/Shanghai (seed 000: the limit is per day there), from `balance_daily`.
-async fn balance_paid_today(tx: &mut sqlx::PgConnection, user_ids: &[i64]) -> Result<HashMap<i64, Money>> {
+pub(super) async fn balance_paid_today(tx: &mut sqlx::PgConnection, user_ids: &[i64]) -> Result<HashMap<i64, Money>> {
     let rows: Vec<(i64, Money)> = sqlx::query_as(
         "SELECT user_id, paid FROM balance_daily
          WHERE user_id = ANY($1) AND day = shanghai_day(now())",
@@ -305,12 +316,13 @@ fn decide(payment: &AssetPayment, order: Option<&OrderRow>, paid_by: Option<Uuid
     }
 }
 
-/// `BAL` + UTC date and time + the sequence number: unique, and sortable by time.
-fn pay_no(method: PayMethod, now: OffsetDateTime, seq: i64) -> String {
+/// `BAL` (the method's prefix) + UTC date and time + the sequence number: unique, and sortable
+/// by time.
+pub(super) fn pay_no(prefix: &str, now: OffsetDateTime, seq: i64) -> String {
     let now = now.to_offset(time::UtcOffset::UTC);
     format!(
         "{}{:04}{:02}{:02}{:02}{:02}{:02}{:010}",
-        method.pay_no_prefix(),
+        prefix,
         now.year(),
         u8::from(now.month()),
         now.day(),
@@ -321,7 +333,7 @@ fn pay_no(method: PayMethod, now: OffsetDateTime, seq: i64) -> String {
     )
 }
 
-fn asset_name(asset: Asset) -> &'static str {
+pub(super) fn asset_name(asset: Asset) -> &'static str {
     match asset {
         Asset::Money => "balance",
         Asset::Integral => "integral",
@@ -367,7 +379,7 @@ async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'
             num: s.order.num,
             amount: p.amount,
             pay_no: s.pay_no.clone(),
-            method: p.method,
+            pay_type: PayType::Single(p.method),
             paid_at: s.order.now,
         });
         pay_nos.push(s.pay_no.as_str());
@@ -459,7 +471,7 @@ async fn write_settled(tx: &mut sqlx::PgConnection, settled: &[(usize, Settled<'
 async fn receipts_by_request(tx: &mut sqlx::PgConnection, request_ids: &[Uuid]) -> Result<HashMap<Uuid, Receipt>> {
     let rows: Vec<ReceiptRow> = sqlx::query_as(
         "SELECT p.request_id, p.pay_no, p.method, p.paid_at AS pay_time, l.balance_after AS remaining
-         FROM payments p JOIN asset_ledger l ON l.pay_no = p.pay_no
+         FROM payments p JOIN asset_ledger l ON l.pay_no = p.pay_no AND l.reason = 'pay'
          WHERE p.request_id = ANY($1) AND p.status = 'SUCCESS'",
     )
     .bind(request_ids)

@@ -18,13 +18,13 @@ use crate::channel::{Prepaid, Trade, TradeState, TradeType};
 use crate::config::WechatApiVersion;
 use crate::domain::order::{OrderFacts, check_payable};
 use crate::domain::payment::{Alert, AlertKind, Refusal};
-use crate::domain::{Code, Money, OrderStatus, PayMethod, PaymentStatus};
+use crate::domain::{Code, Money, OrderStatus, PayMethod, PayType, PaymentStatus};
 use crate::mq::messages::{OrderPaid, TradeReported, TradeSource, WechatCreateRequested};
 use crate::wechat::SignedNotify;
 use crate::wechat::v2::sign::SignType;
 
 /// WeChat takes a description of at most 127 characters.
-const MAX_DESCRIPTION_CHARS: usize = 127;
+pub(super) const MAX_DESCRIPTION_CHARS: usize = 127;
 
 /// What to do for a create request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +65,8 @@ pub struct ChannelVersion {
 #[derive(sqlx::FromRow)]
 struct WechatRow {
     pay_no: String,
+    /// The order's amount, or the WeChat part of a mixed payment.
+    amount: Money,
     trade_type: Option<TradeType>,
     prepaid: Option<serde_json::Value>,
     /// The prepay is younger than `wechat.prepay_valid_secs`.
@@ -97,7 +99,7 @@ pub async fn begin_in(
     let order = orders::lock_one(tx, &request.order_no).await?;
     // Read after the order's lock: a payment committed while this waited is seen.
     let existing: Option<WechatRow> = sqlx::query_as(
-        "SELECT pay_no, trade_type, prepaid,
+        "SELECT pay_no, amount, trade_type, prepaid,
                 coalesce(prepaid_at > now() - make_interval(secs => $2), false) AS fresh,
                 description, openid, client_ip
          FROM payments WHERE order_no = $1 AND method = 'wechat'",
@@ -106,10 +108,13 @@ pub async fn begin_in(
     .bind(prepay_valid.as_secs_f64())
     .fetch_optional(&mut *tx)
     .await?;
-    // The order waits for this very payment: for it, the order is payable.
+    // The order waits for this very payment: for it, the order is payable, for the payment's
+    // amount (a mixed payment's WeChat part pays less than the order).
     let mine = order.as_ref().zip(existing.as_ref()).is_some_and(|(o, p)| o.is_paying_with(&p.pay_no));
-    let facts =
-        order.as_ref().map(|o| OrderFacts { status: if mine { OrderStatus::Unpaid } else { o.status }, ..o.facts() });
+    let facts = order.as_ref().map(|o| match &existing {
+        Some(p) if mine => OrderFacts { status: OrderStatus::Unpaid, amount: p.amount, ..o.facts() },
+        _ => o.facts(),
+    });
     if let Err(refusal) = check_payable(facts.as_ref(), request.user_id, request.amount) {
         return Ok(Begun::Refused(refusal));
     }
@@ -291,26 +296,74 @@ pub async fn expire(pool: &PgPool, order_no: &str, checked: Option<&str>) -> Res
     let Some(order) = orders::lock_one(&mut tx, order_no).await? else {
         return Ok(Expiry::Unchanged);
     };
-    let waiting = match order.status {
+    match order.status {
         _ if !order.expired => return Ok(Expiry::Unchanged),
-        OrderStatus::Unpaid => None,
-        OrderStatus::Paying if order.paying_pay_no.as_deref() == checked => order.paying_pay_no.as_deref(),
+        OrderStatus::Unpaid => {}
+        OrderStatus::Paying if order.paying_pay_no.as_deref() == checked => {}
         OrderStatus::Paying => return Ok(Expiry::Unchecked),
         OrderStatus::Paid | OrderStatus::Closed => return Ok(Expiry::Unchanged),
+    }
+    close_unpaid(&mut tx, &order).await?;
+    tx.commit().await?;
+    Ok(Expiry::Closed)
+}
+
+/// What a cancel did to an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancelled {
+    /// Closed now (with its waiting WeChat payment, and a mixed payment's holds returned).
+    Closed,
+    /// Closed before.
+    AlreadyClosed,
+    Refused(Refusal),
+    /// It waits for this WeChat payment, which the caller did not close at WeChat: close it
+    /// first.
+    Unchecked(String),
+}
+
+/// The owner gives up an unpaid order: it closes as if its pay time ran out. A WeChat payment
+/// it waits for must be `checked`: closed at WeChat by the caller.
+pub async fn cancel(pool: &PgPool, order_no: &str, user_id: i64, checked: Option<&str>) -> Result<Cancelled> {
+    let mut tx = pool.begin().await?;
+    let order = orders::lock_one(&mut tx, order_no).await?.filter(|o| o.user_id == user_id);
+    let Some(order) = order else {
+        return Ok(Cancelled::Refused(Refusal::new(Code::NotFound, "order not found")));
     };
+    match order.status {
+        OrderStatus::Paid => {
+            return Ok(Cancelled::Refused(Refusal {
+                pay_no: order.pay_no.clone(),
+                ..Refusal::new(Code::OrderPaid, "order already paid; ask for a refund instead")
+            }));
+        }
+        OrderStatus::Closed => return Ok(Cancelled::AlreadyClosed),
+        OrderStatus::Unpaid => {}
+        OrderStatus::Paying if order.paying_pay_no.as_deref() == checked => {}
+        OrderStatus::Paying => return Ok(Cancelled::Unchecked(order.paying_pay_no.clone().unwrap_or_default())),
+    }
+    close_unpaid(&mut tx, &order).await?;
+    tx.commit().await?;
+    Ok(Cancelled::Closed)
+}
+
+/// Closes a locked UNPAID or PAYING order: the WeChat payment it waits for is closed with it
+/// (the caller made sure it can no longer be paid), and a mixed payment's holds go back.
+async fn close_unpaid(tx: &mut PgConnection, order: &OrderRow) -> Result<()> {
     order.check_becomes(OrderStatus::Closed)?;
     sqlx::query("UPDATE orders SET status = 'CLOSED', paying_pay_no = NULL, pay_type = NULL WHERE order_no = $1")
-        .bind(order_no)
+        .bind(&order.order_no)
         .execute(&mut *tx)
         .await?;
-    if let Some(pay_no) = waiting {
+    if let Some(pay_no) = order.paying_pay_no.as_deref().filter(|_| order.status == OrderStatus::Paying) {
         sqlx::query("UPDATE payments SET status = 'CLOSED' WHERE pay_no = $1 AND status = 'PAYING'")
             .bind(pay_no)
             .execute(&mut *tx)
             .await?;
+        if let Some(mixed_no) = super::mixed::of_payment(tx, pay_no).await? {
+            super::mixed::return_holds(tx, &mixed_no).await?;
+        }
     }
-    tx.commit().await?;
-    Ok(Expiry::Closed)
+    Ok(())
 }
 
 /// An order as the expiry check sees it.
@@ -364,6 +417,8 @@ struct PaymentRow {
     status: PaymentStatus,
     amount: Money,
     user_id: i64,
+    /// The mixed payment this is the WeChat part of.
+    mixed_no: Option<String>,
 }
 
 /// Settles a WeChat payment from a trade the caller confirmed with WeChat (a notify whose
@@ -386,10 +441,12 @@ pub async fn settle(pool: &PgPool, report: &TradeReported, appid: &str, mchid: &
     };
     let payment: Option<PaymentRow> = match &order {
         Some(_) => {
-            sqlx::query_as("SELECT pay_no, status, amount, user_id FROM payments WHERE pay_no = $1 FOR UPDATE")
-                .bind(&trade.out_trade_no)
-                .fetch_optional(&mut *tx)
-                .await?
+            sqlx::query_as(
+                "SELECT pay_no, status, amount, user_id, mixed_no FROM payments WHERE pay_no = $1 FOR UPDATE",
+            )
+            .bind(&trade.out_trade_no)
+            .fetch_optional(&mut *tx)
+            .await?
         }
         None => None,
     };
@@ -468,6 +525,23 @@ async fn apply_trade(
             .bind(PayMethod::Wechat.pay_type())
             .execute(&mut *tx)
             .await?;
+            if let Some(mixed_no) = &payment.mixed_no {
+                if waited_for {
+                    super::mixed::finalize(tx, order, mixed_no, paid_at).await?;
+                    return Ok(Settlement::Settled);
+                }
+                // Its holds went back when the order closed or reopened: the WeChat part alone
+                // does not pay the order, which stays as it is; an operator refunds the part.
+                let raised = Alert::new(
+                    AlertKind::PaidAfterClose,
+                    format_args!(
+                        "WeChat took the {amount} yuan part of mixed payment {mixed_no} after its holds were returned; the order stays {}",
+                        order.status.as_str()
+                    ),
+                );
+                alert(tx, &raised, Some(order_no), Some(pay_no)).await?;
+                return Ok(Settlement::Settled);
+            }
             if order.status == OrderStatus::Paid {
                 // Paid twice (another method settled it first): the money is real, so the
                 // payment stands and an operator refunds one of them.
@@ -510,7 +584,7 @@ async fn apply_trade(
                 num: order.num,
                 amount,
                 pay_no: pay_no.to_owned(),
-                method: PayMethod::Wechat,
+                pay_type: PayType::Single(PayMethod::Wechat),
                 paid_at,
             };
             outbox::enqueue(tx, &event).await?;
@@ -533,7 +607,7 @@ async fn apply_trade(
             .execute(&mut *tx)
             .await?;
             if waited_for {
-                reopen(tx, order).await?;
+                reopen(tx, order, payment).await?;
             }
             Ok(Settlement::Alert(Alert::new(
                 AlertKind::RefundedUnsettled,
@@ -553,7 +627,7 @@ async fn apply_trade(
             .execute(&mut *tx)
             .await?;
             if waited_for {
-                reopen(tx, order).await?;
+                reopen(tx, order, payment).await?;
             }
             Ok(Settlement::RecordedFailure)
         }
@@ -562,9 +636,12 @@ async fn apply_trade(
 }
 
 /// PAYING → UNPAID: the payment it waited for is over without the money, so any method may
-/// pay the order again.
-async fn reopen(tx: &mut PgConnection, order: &OrderRow) -> Result<()> {
+/// pay the order again; a mixed payment's holds go back.
+async fn reopen(tx: &mut PgConnection, order: &OrderRow, payment: &PaymentRow) -> Result<()> {
     order.check_becomes(OrderStatus::Unpaid)?;
+    if let Some(mixed_no) = &payment.mixed_no {
+        super::mixed::return_holds(tx, mixed_no).await?;
+    }
     Ok(sqlx::query("UPDATE orders SET status = 'UNPAID', paying_pay_no = NULL, pay_type = NULL WHERE order_no = $1")
         .bind(&order.order_no)
         .execute(tx)

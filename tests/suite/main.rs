@@ -6,6 +6,7 @@ mod common;
 
 mod consumer;
 mod e2e;
+mod mixed;
 mod outage;
 mod payments;
 mod properties;

@@ -57,9 +57,10 @@ async fn each_asset_pays_and_leaves_its_records() {
     let status = app.api.status(&token, &integral_order).await.unwrap();
     assert_eq!(status.field("pay_status"), "SUCCESS");
     assert_eq!(status.field("pay_type"), "INTEGRAL");
+    let pay_no = status.field("pay_no");
     assert_eq!(
         status.data()["payment_details"],
-        json!([{ "method": "integral", "amount": "10.00", "status": "SUCCESS" }])
+        json!([{ "method": "integral", "amount": "10.00", "points": "100.00", "status": "SUCCESS", "pay_no": pay_no }])
     );
 
     // The outbox relay publishes one order-paid event per payment to order.followup.

@@ -152,7 +152,9 @@ async fn create_pay_notify_settle(version: &str) {
     assert_eq!(status.field("transaction_id"), transaction_id);
     assert_eq!(
         status.data()["payment_details"],
-        json!([{ "method": "wechat", "amount": "10.00", "status": "SUCCESS", "transaction_id": transaction_id }])
+        json!([{
+            "method": "wechat", "amount": "10.00", "status": "SUCCESS", "transaction_id": transaction_id, "pay_no": pay_no,
+        }])
     );
     let r = w.create(&order_no).await;
     assert_eq!((r.status, r.code()), (409, "ORDERPAID"));
@@ -622,4 +624,108 @@ async fn every_binary_works_with_a_broker_user_of_its_own_least_privileges() {
     assert!(made.is_err_and(|e| e.to_string().contains("ACCESS_REFUSED")), "the ingress made a queue");
     let _ = conn.close(200, "bye".into()).await;
     w.stop().await;
+}
+
+/// A mixed payment with a WeChat part through the real binaries: balance and integral held, the
+/// WeChat part paid at wechat-sim and settled by its notify; a second order expires with its
+/// holds and gets them back; a third is cancelled by its owner, closed at WeChat first.
+async fn mixed_payments_with_a_wechat_part(version: &str) {
+    let settings = [("PAYFLEET__PAY__ORDER_TTL_SECS", "8")];
+    let w = WechatFleet::start(&format!("wechat-mixed-{version}"), version, &settings, &[]).await;
+    let (user, token) = w.env.user("30.00", "300", "0").await;
+    let mixed = |order_no: &str| {
+        json!({
+            "order_no": order_no, "total_amount": "10.00", "pay_password": "123456",
+            "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "trade_type": "JSAPI",
+            "payment_methods": [
+                { "type": "balance", "amount": "3.00" },
+                { "type": "integral", "amount": "20", "money_equivalent": "2.00" },
+                { "type": "wechat", "amount": "5.00" },
+            ],
+        })
+    };
+    let order_for_user =
+        || async { w.api.create_order(&token, w.goods, 1).await.unwrap().field("order_no").to_owned() };
+    let status_of = |order_no: String| {
+        let (api, token) = (w.api.clone(), token.clone());
+        async move { api.status(&token, &order_no).await.unwrap() }
+    };
+
+    // Paid: the holds become final when the notify settles the WeChat part.
+    let paid_order = order_for_user().await;
+    let r = w.api.post("/api/v1/payment/mixed/pay", Some(&token), &mixed(&paid_order)).await.unwrap();
+    assert_eq!((r.status, r.code(), r.field("pay_status")), (200, "SUCCESS", "PAYING"), "{:?}", r.body);
+    assert_eq!(
+        (r.field("balance_paid"), r.field("integral_paid"), r.field("wechat_amount")),
+        ("3.00", "20.00", "5.00")
+    );
+    assert!(!r.data()["wechat_pay_info"]["paySign"].as_str().unwrap_or("").is_empty(), "{:?}", r.body);
+    let mixed_no = r.field("pay_no").to_owned();
+    assert_eq!(w.env.balances(user).await.money, m("27.00"), "held at once");
+    let status = status_of(paid_order.clone()).await;
+    assert_eq!((status.field("pay_status"), status.field("pay_type")), ("PAYING", "MIXED"));
+    let wechat_part = status.data()["payment_details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["method"] == "wechat")
+        .map(|d| d["pay_no"].as_str().unwrap().to_owned())
+        .unwrap();
+    let held: Vec<&str> =
+        status.data()["payment_details"].as_array().unwrap().iter().filter_map(|d| d["status"].as_str()).collect();
+    assert_eq!(held, ["HELD", "HELD", "PAYING"]);
+    assert_eq!(w.sim.order(&wechat_part).await.unwrap()["total"], 500, "WeChat is asked for its part only");
+    assert_eq!(w.sim.pay(&wechat_part, None).await.status(), 200);
+    eventually(Duration::from_secs(20), "the notify settles the mixed payment", || async {
+        status_of(paid_order.clone()).await.field("pay_status") == "SUCCESS"
+    })
+    .await;
+    let status = status_of(paid_order.clone()).await;
+    assert_eq!((status.field("pay_type"), status.field("pay_no")), ("MIXED", mixed_no.as_str()));
+    assert!(status.field("transaction_id").starts_with("4200"), "the WeChat part's number: {:?}", status.body);
+    let statuses: Vec<&str> =
+        status.data()["payment_details"].as_array().unwrap().iter().filter_map(|d| d["status"].as_str()).collect();
+    assert_eq!(statuses, ["SUCCESS", "SUCCESS", "SUCCESS"]);
+
+    // Expired: the expiry check closes the trade at WeChat and returns the holds.
+    let idle_order = order_for_user().await;
+    let r = w.api.post("/api/v1/payment/mixed/pay", Some(&token), &mixed(&idle_order)).await.unwrap();
+    assert_eq!(r.field("pay_status"), "PAYING", "{:?}", r.body);
+    assert_eq!(w.env.balances(user).await.money, m("24.00"));
+    eventually(Duration::from_secs(40), "the expiry check closes the order", || async {
+        status_of(idle_order.clone()).await.field("pay_status") == "CLOSED"
+    })
+    .await;
+    assert_eq!(w.env.balances(user).await.money, m("27.00"), "the balance part came back");
+    assert_eq!(w.env.balances(user).await.integral, m("280"), "the integral part came back");
+    let statuses: Vec<String> = status_of(idle_order.clone()).await.data()["payment_details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(statuses, ["RETURNED", "RETURNED", "CLOSED"]);
+
+    // Cancelled by its owner: closed at WeChat, then the holds returned.
+    let cancelled_order = order_for_user().await;
+    let r = w.api.post("/api/v1/payment/mixed/pay", Some(&token), &mixed(&cancelled_order)).await.unwrap();
+    assert_eq!(r.field("pay_status"), "PAYING", "{:?}", r.body);
+    let details = status_of(cancelled_order.clone()).await.data()["payment_details"].clone();
+    let trade = details.as_array().unwrap().iter().find(|d| d["method"] == "wechat").unwrap()["pay_no"].clone();
+    let r = w.api.post(&format!("/api/v1/payment/{cancelled_order}/cancel"), Some(&token), &json!({})).await.unwrap();
+    assert_eq!((r.status, r.field("status")), (200, "CLOSED"), "{:?}", r.body);
+    assert_eq!(w.sim.order(trade.as_str().unwrap()).await.unwrap()["state"], "CLOSED", "closed at WeChat first");
+    assert_eq!(w.env.balances(user).await.money, m("27.00"));
+    assert_eq!(w.env.balances(user).await.integral, m("280"));
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_mixed_payments_with_a_wechat_part() {
+    mixed_payments_with_a_wechat_part("v3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_mixed_payments_with_a_wechat_part() {
+    mixed_payments_with_a_wechat_part("v2").await;
 }

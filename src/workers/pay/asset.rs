@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use super::password::PasswordTry;
 use super::{Answer, PayHandler, refused};
 use crate::config::PaySettings;
 use crate::domain::order::check_payable;
@@ -40,7 +41,7 @@ impl PayHandler {
                 }
             }
         };
-        let mut balance: Vec<(usize, &AssetPayRequested)> = Vec::new();
+        let mut balance: Vec<(usize, PasswordTry)> = Vec::new();
         for i in candidates {
             let r = requests[i];
             let seen = seen.get(&r.order_no);
@@ -48,7 +49,7 @@ impl PayHandler {
                 continue;
             }
             match check_payable(seen.map(|o| o.order.facts()).as_ref(), r.user_id, r.amount) {
-                Ok(()) => balance.push((i, r)),
+                Ok(()) => balance.push((i, r.into())),
                 Err(refusal) => answers[i] = Some(refused(refusal)),
             }
         }

@@ -10,8 +10,11 @@
 //!    If that transaction fails, each message is applied alone, so one bad message fails alone.
 //!
 //! WeChat creates (`wechat_create`) begin the payment in the database, then call WeChat.
+//! Mixed payments (`mixed`) take their internal parts in one transaction, and create their
+//! WeChat part as a WeChat create does.
 
 mod asset;
+mod mixed;
 mod password;
 mod timeout;
 mod wechat_create;
@@ -74,6 +77,13 @@ fn subject(message: &PayRequested) -> Subject<'_> {
             method: "wechat",
             amount: r.amount,
         },
+        PayRequested::Mixed(r) => Subject {
+            request_id: r.request_id,
+            order_no: &r.order_no,
+            user_id: r.user_id,
+            method: "mixed",
+            amount: r.total,
+        },
     }
 }
 
@@ -84,10 +94,12 @@ impl Handler for PayHandler {
         let mut answers: Vec<Option<Answer>> = vec![None; batch.len()];
         let mut assets = Vec::new();
         let mut wechat = Vec::new();
+        let mut mixed = Vec::new();
         for (i, incoming) in batch.iter().enumerate() {
             match &incoming.message {
                 PayRequested::Asset(r) => assets.push((i, incoming, r)),
                 PayRequested::WechatCreate(r) => wechat.push((i, r)),
+                PayRequested::Mixed(r) => mixed.push((i, r)),
             }
         }
         if !assets.is_empty() {
@@ -101,6 +113,11 @@ impl Handler for PayHandler {
         let created = futures_util::future::join_all(wechat.iter().map(|(_, r)| self.create_wechat(r))).await;
         for ((i, _), answer) in wechat.iter().zip(created) {
             answers[*i] = Some(answer);
+        }
+        // Mixed payments one at a time: each is its own transaction, and two for one order
+        // must see each other's result.
+        for (i, r) in mixed {
+            answers[i] = Some(self.pay_mixed(r).await);
         }
         let answers: Vec<Answer> = answers.into_iter().map(|a| a.expect("every request has an answer")).collect();
 
@@ -160,6 +177,11 @@ fn log_answer(s: &Subject, answer: &Answer) {
         Ok(PayReplied::Prepaid(prepaid)) => tracing::info!(
             request_id = %s.request_id, order_no = %s.order_no, user_id = s.user_id, method = s.method,
             amount = %s.amount, pay_no = %prepaid.pay_no, "WeChat payment ready"
+        ),
+        Ok(PayReplied::Mixed(receipt)) => tracing::info!(
+            request_id = %s.request_id, order_no = %s.order_no, user_id = s.user_id, method = s.method,
+            amount = %s.amount, pay_no = %receipt.mixed_no, status = receipt.status.as_str(),
+            pay_params = receipt.wechat_pay_info.is_some(), note = receipt.note.as_deref().unwrap_or(""), "mixed payment"
         ),
         Ok(PayReplied::Refused(refusal)) => tracing::info!(
             request_id = %s.request_id, order_no = %s.order_no, user_id = s.user_id, method = s.method,

@@ -7,9 +7,33 @@ use super::{Answer, PayHandler, refused};
 use crate::domain::Code;
 use crate::domain::payment::Refusal;
 use crate::mq::consumer::HandleError;
-use crate::mq::messages::AssetPayRequested;
+use crate::mq::messages::{AssetPayRequested, MixedPayRequested};
 use crate::password::SealedFor;
 use crate::store;
+
+/// A pay password to check: what it was sealed for, and the sealed text (None: the request
+/// came without one).
+pub(super) struct PasswordTry<'a> {
+    pub sealed_for: SealedFor<'a>,
+    pub sealed: Option<&'a str>,
+}
+
+impl<'a> From<&'a AssetPayRequested> for PasswordTry<'a> {
+    fn from(r: &'a AssetPayRequested) -> PasswordTry<'a> {
+        let sealed_for =
+            SealedFor { user_id: r.user_id, request_id: r.request_id, order_no: &r.order_no, amount: r.amount };
+        PasswordTry { sealed_for, sealed: r.sealed_password.as_deref() }
+    }
+}
+
+impl<'a> From<&'a MixedPayRequested> for PasswordTry<'a> {
+    /// Sealed for the whole payment: the total, not the balance part.
+    fn from(r: &'a MixedPayRequested) -> PasswordTry<'a> {
+        let sealed_for =
+            SealedFor { user_id: r.user_id, request_id: r.request_id, order_no: &r.order_no, amount: r.total };
+        PasswordTry { sealed_for, sealed: r.sealed_password.as_deref() }
+    }
+}
 
 impl PayHandler {
     /// Phase 1 for the batch's balance payments: `Ok(hash)` for a verified password, or the
@@ -22,13 +46,13 @@ impl PayHandler {
     /// verified once; a right password clears the count.
     pub(super) async fn check_passwords(
         &self,
-        requests: &[(usize, &AssetPayRequested)],
+        requests: &[(usize, PasswordTry<'_>)],
     ) -> HashMap<usize, Result<String, Answer>> {
         let mut out = HashMap::new();
         if requests.is_empty() {
             return out;
         }
-        let mut user_ids: Vec<i64> = requests.iter().map(|(_, r)| r.user_id).collect();
+        let mut user_ids: Vec<i64> = requests.iter().map(|(_, r)| r.sealed_for.user_id).collect();
         user_ids.sort_unstable();
         user_ids.dedup();
         let hashes = match store::users::pay_password_hashes(&self.db, &user_ids).await {
@@ -44,18 +68,13 @@ impl PayHandler {
         let mut tries: Vec<(i64, String)> = Vec::new();
         let mut made_by: Vec<Vec<usize>> = Vec::new();
         for (i, request) in requests {
-            if !hashes.contains_key(&request.user_id) {
+            let user_id = request.sealed_for.user_id;
+            if !hashes.contains_key(&user_id) {
                 let refusal = Refusal::new(Code::PasswordNotSet, "set a pay password before paying with balance");
                 out.insert(*i, Err(refused(refusal)));
                 continue;
             }
-            let sealed_for = SealedFor {
-                user_id: request.user_id,
-                request_id: request.request_id,
-                order_no: &request.order_no,
-                amount: request.amount,
-            };
-            let opened = request.sealed_password.as_deref().map(|s| self.sealer.open(&sealed_for, s));
+            let opened = request.sealed.map(|s| self.sealer.open(&request.sealed_for, s));
             let password = match opened {
                 Some(Ok(password)) => password,
                 Some(Err(e)) => {
@@ -68,10 +87,10 @@ impl PayHandler {
                     continue;
                 }
             };
-            match tries.iter().position(|(u, p)| *u == request.user_id && *p == password) {
+            match tries.iter().position(|(u, p)| *u == user_id && *p == password) {
                 Some(t) => made_by[t].push(*i),
                 None => {
-                    tries.push((request.user_id, password));
+                    tries.push((user_id, password));
                     made_by.push(vec![*i]);
                 }
             }

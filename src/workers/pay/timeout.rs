@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::channel::{ChannelError, Trade};
-use crate::channel_sync;
+use crate::channel::ChannelError;
+use crate::channel_sync::{self, Closing, SyncError};
 use crate::domain::OrderStatus;
 use crate::mq::consumer::{HandleError, Handler, Incoming, Outcome};
 use crate::mq::messages::PayTimeoutDue;
@@ -37,26 +37,15 @@ impl TimeoutHandler {
         }
         let checked = view.paying_pay_no.as_deref();
         if let (Some(pay_no), Some(wechat)) = (checked, &self.wechat) {
-            match wechat.query(pay_no).await {
-                Ok(trade) if trade.trade_state.is_paid() => {
-                    // Paid after all (its notify never arrived): settle, do not close.
+            match channel_sync::close_trade(wechat, &self.db, pay_no).await {
+                Ok(Closing::Closed) => {}
+                Ok(Closing::Paid) => {
+                    // Paid after all (its notify never arrived): settled from the report.
                     tracing::warn!(order_no, pay_no, "paid at WeChat without a notify; settling from the query");
-                    return self.report(&trade).await;
+                    return Ok(Outcome::default());
                 }
-                // Paid and paid back: nothing to close at WeChat; recorded (an alert), and the
-                // order closes unpaid.
-                Ok(trade) if trade.trade_state.was_paid() => self.report(&trade).await.map(drop)?,
-                // Closed at WeChat already; anything else (NOTPAY, a failed attempt) is closed now.
-                Ok(trade) if trade.trade_state.is_closed() => {}
-                Ok(_) | Err(ChannelError::NotFound) => match wechat.close(pay_no).await {
-                    Ok(()) | Err(ChannelError::Closed) | Err(ChannelError::NotFound) => {}
-                    Err(ChannelError::AlreadyPaid) => {
-                        let trade = wechat.query(pay_no).await.map_err(|e| retry_later(&e))?;
-                        return self.report(&trade).await;
-                    }
-                    Err(e) => return Err(retry_later(&e)),
-                },
-                Err(e) => return Err(retry_later(&e)),
+                Err(SyncError::Channel(e)) => return Err(retry_later(&e)),
+                Err(e) => return Err(e.into()),
             }
         }
         match store::wechat::expire(&self.db, order_no, checked).await? {
@@ -65,11 +54,6 @@ impl TimeoutHandler {
             // A WeChat payment began after the view was read: check that one at WeChat first.
             Expiry::Unchecked => return Err(HandleError::Retryable("a WeChat payment began meanwhile".into())),
         }
-        Ok(Outcome::default())
-    }
-
-    async fn report(&self, trade: &Trade) -> Result<Outcome, HandleError> {
-        channel_sync::report(&self.db, trade).await?;
         Ok(Outcome::default())
     }
 }
