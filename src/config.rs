@@ -202,6 +202,9 @@ pub struct MethodSettings {
     /// counted in the database (DAILY_LIMIT past it); unset: no limit.
     #[serde(default)]
     pub max_daily_amount: Option<Money>,
+    /// Balance only: whether a balance payment needs the pay password (unset: it does).
+    #[serde(default)]
+    pub require_password: Option<bool>,
 }
 
 /// Requests per window the ingress serves one user and one client address, per kind of
@@ -427,6 +430,9 @@ impl Settings {
             if method.max_daily_amount.is_some() && key != "pay.balance" {
                 return bad(key, "max_daily_amount is a balance rule only");
             }
+            if method.require_password.is_some() && key != "pay.balance" {
+                return bad(key, "require_password is a balance rule only");
+            }
             if method.max_daily_amount.is_some_and(|daily| daily < method.min_amount) {
                 return bad(key, "max_daily_amount must be at least min_amount");
             }
@@ -496,6 +502,12 @@ impl AuthSettings {
 }
 
 impl PaySettings {
+    /// Whether balance payments (and balance parts) need the pay password
+    /// (`pay.balance.require_password`, true unless set false).
+    pub fn balance_needs_password(&self) -> bool {
+        self.balance.require_password.unwrap_or(true)
+    }
+
     /// The rule of one method.
     pub fn rule(&self, method: crate::domain::PayMethod) -> crate::domain::payment::MethodRule {
         let s = self.method(method);
@@ -697,6 +709,9 @@ mod tests {
         }
         assert_eq!(s.pay.balance.max_daily_amount.map(|m| m.to_string()), Some("10000.00".into()));
         assert_eq!(s.pay.wechat.max_daily_amount, None);
+        assert!(s.pay.balance_needs_password());
+        let off = env(&[("PAYFLEET__PAY__BALANCE__REQUIRE_PASSWORD", "false")]);
+        assert!(!Settings::load_from(&repo_config(), None, off).unwrap().pay.balance_needs_password());
         let s = Settings::load_from(&repo_config(), None, env(&[("PAYFLEET__PAY__MONEY2__ENABLED", "false")])).unwrap();
         assert!(!s.pay.rule(PayMethod::Money2).enabled);
         for (key, value) in [
@@ -704,6 +719,7 @@ mod tests {
             ("PAYFLEET__PAY__BALANCE__MIN_AMOUNT", "60000.00"),
             ("PAYFLEET__PAY__MONEY2__MAX_DAILY_AMOUNT", "10.00"),
             ("PAYFLEET__PAY__BALANCE__MAX_DAILY_AMOUNT", "0.00"),
+            ("PAYFLEET__PAY__INTEGRAL__REQUIRE_PASSWORD", "false"),
         ] {
             let err = Settings::load_from(&repo_config(), None, env(&[(key, value)])).unwrap_err().to_string();
             let section = key.trim_start_matches("PAYFLEET__").to_lowercase().replace("__", ".");

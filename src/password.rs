@@ -85,19 +85,32 @@ pub struct Sealer {
 }
 
 /// The pay request a password is sealed for: it opens inside that request only, so a sealed
-/// password copied into another message, or a message whose order or amount was changed on its
-/// way, does not open.
+/// password copied into another message, or a message whose order, amount or terms were changed
+/// on its way, does not open.
 #[derive(Clone, Copy, Debug)]
 pub struct SealedFor<'a> {
     pub user_id: i64,
     pub request_id: Uuid,
     pub order_no: &'a str,
     pub amount: Money,
+    /// What the password allows: `BALANCE_TERMS` for a balance payment, a mixed payment's
+    /// parts (`domain::mixed::terms`), so neither can be turned into the other or re-split.
+    pub terms: &'a str,
 }
+
+/// The terms of a balance payment of the whole amount.
+pub const BALANCE_TERMS: &str = "balance";
 
 /// The AES-GCM associated data: everything the sealed password is bound to.
 fn associated_data(to: &SealedFor) -> String {
-    format!("payfleet/pay-password/v2/{}/{}/{}/{}", to.user_id, to.request_id, to.order_no, to.amount)
+    format!("payfleet/pay-password/v3/{}/{}/{}/{}/{}", to.user_id, to.request_id, to.order_no, to.amount, to.terms)
+}
+
+/// The associated data of the version before (a balance payment, no terms), which a request
+/// queued by an ingress of that version still carries.
+fn associated_data_v2(to: &SealedFor) -> Option<String> {
+    (to.terms == BALANCE_TERMS)
+        .then(|| format!("payfleet/pay-password/v2/{}/{}/{}/{}", to.user_id, to.request_id, to.order_no, to.amount))
 }
 
 impl Sealer {
@@ -131,10 +144,10 @@ impl Sealer {
         let (nonce, ciphertext) = bytes.split_at(12);
         let nonce = Nonce::try_from(nonce).map_err(|_| PasswordError::Unseal)?;
         let cipher = Aes256Gcm::new_from_slice(key).expect("a 32-byte key");
-        let aad = associated_data(to);
-        let plain = cipher
-            .decrypt(&nonce, Payload { msg: ciphertext, aad: aad.as_bytes() })
-            .map_err(|_| PasswordError::Unseal)?;
+        let open = |aad: &str| cipher.decrypt(&nonce, Payload { msg: ciphertext, aad: aad.as_bytes() }).ok();
+        let plain = open(&associated_data(to))
+            .or_else(|| associated_data_v2(to).and_then(|aad| open(&aad)))
+            .ok_or(PasswordError::Unseal)?;
         String::from_utf8(plain).map_err(|_| PasswordError::Unseal)
     }
 }
@@ -177,7 +190,13 @@ mod tests {
     }
 
     fn request(request_id: Uuid) -> SealedFor<'static> {
-        SealedFor { user_id: 7, request_id, order_no: "ORD1", amount: Money::parse("10.00").unwrap() }
+        SealedFor {
+            user_id: 7,
+            request_id,
+            order_no: "ORD1",
+            amount: Money::parse("10.00").unwrap(),
+            terms: BALANCE_TERMS,
+        }
     }
 
     #[test]
@@ -208,6 +227,28 @@ mod tests {
         assert!(s.open(&SealedFor { order_no: "ORD2", ..to }, &sealed).is_err(), "its order changed");
         let amount = Money::parse("10.01").unwrap();
         assert!(s.open(&SealedFor { amount, ..to }, &sealed).is_err(), "its amount changed");
+        let mixed = SealedFor { terms: "mixed:balance=4.00,wechat=6.00", ..to };
+        assert!(s.open(&mixed, &sealed).is_err(), "a balance payment's password made a mixed payment's");
+        let sealed = s.seal(&mixed, "654321");
+        assert!(s.open(&SealedFor { terms: "mixed:balance=9.00,wechat=1.00", ..to }, &sealed).is_err(), "re-split");
+        assert!(s.open(&to, &sealed).is_err(), "a mixed payment's password made a balance payment's");
+    }
+
+    #[test]
+    fn a_balance_password_sealed_by_the_version_before_still_opens() {
+        let keys = SealKeys::generate("k1");
+        let to = request(Uuid::new_v4());
+        let parsed = SealKeys::parse(&keys).unwrap();
+        let (id, key) = parsed.current();
+        let cipher = Aes256Gcm::new_from_slice(key).unwrap();
+        let aad = associated_data_v2(&to).unwrap();
+        let nonce = [7u8; 12];
+        let mut bytes = nonce.to_vec();
+        bytes.extend(cipher.encrypt(&Nonce::from(nonce), Payload { msg: b"654321", aad: aad.as_bytes() }).unwrap());
+        let sealed = format!("{id}.{}", BASE64.encode(bytes));
+        assert_eq!(sealer(&keys).open(&to, &sealed).unwrap(), "654321");
+        let mixed = SealedFor { terms: "mixed:balance=10.00", ..to };
+        assert!(sealer(&keys).open(&mixed, &sealed).is_err(), "only for a balance payment");
     }
 
     #[test]

@@ -57,6 +57,22 @@ pub fn check_parts(
     Ok(())
 }
 
+/// The parts as one line (`mixed:balance=3.00,integral=2.00/20.00,wechat=5.00`): what a pay
+/// password sealed for a mixed payment allows, so its parts cannot be changed on the way.
+pub fn terms(parts: &[MixedPart]) -> String {
+    let listed: Vec<String> = parts
+        .iter()
+        .map(|p| {
+            if p.amount == p.asset_amount {
+                format!("{}={}", p.method.as_str(), p.amount)
+            } else {
+                format!("{}={}/{}", p.method.as_str(), p.amount, p.asset_amount)
+            }
+        })
+        .collect();
+    format!("mixed:{}", listed.join(","))
+}
+
 /// What became of a mixed payment, as the pay-worker answers it and the ingress shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MixedReceipt {

@@ -11,9 +11,9 @@ use time::OffsetDateTime;
 use super::extract::{AuthUser, Json};
 use super::fields::{check_order_no, parse_money, payment_amount};
 use super::limits::{self, ClientIp, Kind};
-use super::{ApiError, AppState, RequestId, Result, pay_call, wechat_pay};
+use super::{ApiError, AppState, RequestId, Result, pay_call, payment, wechat_pay};
 use crate::domain::PayMethod;
-use crate::domain::mixed::{MixedPart, check_parts};
+use crate::domain::mixed::{MixedPart, check_parts, terms};
 use crate::mq::messages::{MixedPayRequested, PayRequested};
 use crate::password::SealedFor;
 
@@ -78,12 +78,10 @@ async fn pay(
     let parts = body.payment_methods.iter().map(part).collect::<Result<Vec<_>>>()?;
     check_parts(total, &parts, |method| app.pay.rule(method), &app.pay.integral_rules())?;
     let sealed_password = if parts.iter().any(|p| p.method == PayMethod::Balance) {
-        let password = body.pay_password.as_deref().unwrap_or_default();
-        if !crate::password::is_well_formed(password) {
-            return Err(ApiError::validation("a balance part needs pay_password: exactly 6 digits"));
-        }
-        let sealed_for = SealedFor { user_id, request_id: request_id.0, order_no: &body.order_no, amount: total };
-        Some(app.sealer.seal(&sealed_for, password))
+        let terms = terms(&parts);
+        let sealed_for =
+            SealedFor { user_id, request_id: request_id.0, order_no: &body.order_no, amount: total, terms: &terms };
+        payment::seal_password(&app, body.pay_password.as_deref(), sealed_for)?
     } else {
         None
     };

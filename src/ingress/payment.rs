@@ -18,7 +18,7 @@ use crate::channel_sync::{self, Closing};
 use crate::domain::Code;
 use crate::domain::{Money, OrderStatus, PayMethod, PayType, PaymentStatus};
 use crate::mq::messages::{AssetPayRequested, PayRequested};
-use crate::password::SealedFor;
+use crate::password::{BALANCE_TERMS, SealedFor};
 use crate::store::orders::PaymentDetail;
 use crate::store::{self, wechat::Cancelled};
 
@@ -26,7 +26,9 @@ use crate::store::{self, wechat::Cancelled};
 struct BalancePay {
     order_no: String,
     amount: String,
-    pay_password: String,
+    /// Needed unless `pay.balance.require_password` is off.
+    #[serde(default)]
+    pay_password: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -52,12 +54,10 @@ async fn pay_balance(
     limits::check(&app, Kind::Pay, user_id, client).await?;
     check_order_no(&body.order_no)?;
     let amount = payment_amount(&app, "amount", &body.amount)?;
-    if !crate::password::is_well_formed(&body.pay_password) {
-        return Err(ApiError::validation("pay_password must be exactly 6 digits"));
-    }
-    let sealed_for = SealedFor { user_id, request_id: request_id.0, order_no: &body.order_no, amount };
-    let sealed = app.sealer.seal(&sealed_for, &body.pay_password);
-    submit(&app, request_id, user_id, body.order_no, PayMethod::Balance, amount, amount, Some(sealed)).await
+    let sealed_for =
+        SealedFor { user_id, request_id: request_id.0, order_no: &body.order_no, amount, terms: BALANCE_TERMS };
+    let sealed = seal_password(&app, body.pay_password.as_deref(), sealed_for)?;
+    submit(&app, request_id, user_id, body.order_no, PayMethod::Balance, amount, amount, sealed).await
 }
 
 async fn pay_integral(
@@ -86,6 +86,20 @@ async fn pay_money2(
     check_order_no(&body.order_no)?;
     let amount = payment_amount(&app, "amount", &body.amount)?;
     submit(&app, request_id, user_id, body.order_no, PayMethod::Money2, amount, amount, None).await
+}
+
+/// The pay password of a balance payment (or a mixed payment's balance part), sealed for this
+/// request, its order and `amount`; None when `pay.balance.require_password` is off (a password
+/// sent then is not checked).
+pub(super) fn seal_password(app: &AppState, password: Option<&str>, sealed_for: SealedFor) -> Result<Option<String>> {
+    if !app.pay.balance_needs_password() {
+        return Ok(None);
+    }
+    let password = password.unwrap_or_default();
+    if !crate::password::is_well_formed(password) {
+        return Err(ApiError::validation("pay_password must be exactly 6 digits"));
+    }
+    Ok(Some(app.sealer.seal(&sealed_for, password)))
 }
 
 /// An internal-asset pay request.
@@ -218,17 +232,23 @@ async fn cancel(
             }
             Cancelled::Refused(refusal) => return Err(refusal.into()),
             Cancelled::Unchecked(pay_no) => {
-                if let Some(wechat) = &app.wechat {
-                    match channel_sync::close_trade(wechat, &app.db, &pay_no).await {
-                        Ok(Closing::Closed) => {}
-                        Ok(Closing::Paid) => {
-                            return Err(ApiError::new(
-                                Code::OrderPaid,
-                                "WeChat took the payment before the cancel; the order shows as paid in a moment",
-                            ));
-                        }
-                        Err(e) => return Err(ApiError::unavailable(&e)),
+                // The trade must be closed at WeChat before anything the order holds goes back:
+                // whoever has its pay params could still pay it.
+                let Some(wechat) = &app.wechat else {
+                    return Err(ApiError::new(
+                        Code::SystemError,
+                        "WeChat Pay is not configured here, so its payment cannot be closed; the order closes when its pay time runs out",
+                    ));
+                };
+                match channel_sync::close_trade(wechat, &app.db, &pay_no).await {
+                    Ok(Closing::Closed) => {}
+                    Ok(Closing::Paid) => {
+                        return Err(ApiError::new(
+                            Code::OrderPaid,
+                            "WeChat took the payment before the cancel; the order shows as paid in a moment",
+                        ));
                     }
+                    Err(e) => return Err(ApiError::unavailable(&e)),
                 }
                 checked = Some(pay_no);
             }

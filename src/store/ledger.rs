@@ -38,8 +38,10 @@ pub struct Audit {
     /// Paid orders whose successful payments do not add up to the order amount (one payment, or
     /// the parts of one mixed payment).
     pub orders_without_payment: i64,
-    /// Holds neither final nor returned once their mixed payment ended, parts of a paid mixed
-    /// payment not final, and returned holds without their one `return` ledger row.
+    /// Holds neither final nor returned once their mixed payment ended, or held for an order
+    /// that no longer waits for their WeChat part; parts of a paid mixed payment not final;
+    /// returned holds without their one `return` ledger row; mixed payments of another amount
+    /// than their order.
     pub loose_holds: i64,
     /// (user, day) pairs whose `balance_daily` total is not the sum of that day's successful
     /// balance payments (the daily limit would count wrong).
@@ -93,7 +95,11 @@ pub async fn audit(pool: &PgPool) -> Result<Audit> {
              WHERE (p.status = 'HELD' AND m.status <> 'PAYING')
                 OR (m.status = 'SUCCESS' AND p.status <> 'SUCCESS')
                 OR (p.status = 'RETURNED' AND (SELECT count(*) FROM asset_ledger l
-                                               WHERE l.pay_no = p.pay_no AND l.reason = 'return') <> 1))
+                                               WHERE l.pay_no = p.pay_no AND l.reason = 'return') <> 1)
+                OR (p.status = 'HELD' AND NOT EXISTS (
+                     SELECT 1 FROM orders o JOIN payments w ON w.pay_no = o.paying_pay_no
+                     WHERE o.order_no = p.order_no AND o.status = 'PAYING' AND w.mixed_no = p.mixed_no)))
+           + (SELECT count(*) FROM mixed_payments m JOIN orders o USING (order_no) WHERE m.amount <> o.amount)
              AS loose_holds,
            (SELECT count(*) FROM balance_daily d FULL JOIN (
                SELECT user_id, shanghai_day(paid_at) AS day, sum(amount) AS paid

@@ -42,6 +42,8 @@ pub struct MixedPayment<'a> {
     /// With a balance part: the hash the pay password was verified against (see
     /// `payments::AssetPayment::verified_hash`).
     pub verified_hash: Option<String>,
+    /// With a balance part: the pay password is needed (`pay.balance.require_password`).
+    pub password_required: bool,
     /// With a balance part: the user's daily balance limit.
     pub daily_limit: Option<Money>,
     /// With a WeChat part: how its channel order is to be created.
@@ -70,6 +72,13 @@ pub async fn pay(pool: &PgPool, payment: &MixedPayment<'_>) -> Result<MixedAppli
 /// `pay` in the caller's transaction: nothing is taken unless the caller commits.
 pub async fn pay_in(tx: &mut PgConnection, p: &MixedPayment<'_>) -> Result<MixedApplied> {
     let refused = |code, message: &str| Ok(MixedApplied::Refused(Refusal::new(code, message)));
+    // The rules that keep the order's money whole, whoever calls: the parts add up to the
+    // total, and there is a WeChat part exactly when there is a WeChat payer.
+    let sum = p.parts.iter().try_fold(Money::ZERO, |sum, part| sum.checked_add(part.amount));
+    let has_wechat = p.parts.iter().any(|part| part.method == PayMethod::Wechat);
+    if sum != Some(p.total) || has_wechat != p.wechat.is_some() {
+        return refused(Code::Validation, "the parts do not add up to the total, or a WeChat part lacks its payer");
+    }
     let order = orders::lock_one(tx, p.order_no).await?;
     // A redelivery, recognised after the order's lock: its first delivery has committed, or
     // never will.
@@ -108,7 +117,9 @@ pub async fn pay_in(tx: &mut PgConnection, p: &MixedPayment<'_>) -> Result<Mixed
     let balance_part = internal.iter().find(|(part, _)| part.method == PayMethod::Balance).map(|(part, _)| *part);
     if let Some(part) = balance_part {
         // Verified against the hash the user still has (a check skipped is no check).
-        if p.verified_hash.is_none() || user.pay_password_hash.as_deref() != p.verified_hash.as_deref() {
+        if p.password_required
+            && (p.verified_hash.is_none() || user.pay_password_hash.as_deref() != p.verified_hash.as_deref())
+        {
             return Ok(MixedApplied::Stale);
         }
         if p.daily_limit.is_some() {
@@ -199,6 +210,25 @@ pub async fn pay_in(tx: &mut PgConnection, p: &MixedPayment<'_>) -> Result<Mixed
         wechat_pay_info: None,
         note: None,
     }))
+}
+
+/// The mixed payment a pay request made, as it is now (a redelivered request is answered from
+/// it before anything else is checked).
+pub async fn find_by_request(pool: &PgPool, request_id: Uuid) -> Result<Option<MixedReceipt>> {
+    let mut conn = pool.acquire().await?;
+    let made: Option<String> = sqlx::query_scalar("SELECT mixed_no FROM mixed_payments WHERE request_id = $1")
+        .bind(request_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match made {
+        Some(mixed_no) => Ok(Some(receipt(&mut conn, &mixed_no).await?)),
+        None => Ok(None),
+    }
+}
+
+/// A mixed payment as it is now.
+pub async fn find(pool: &PgPool, mixed_no: &str) -> Result<MixedReceipt> {
+    receipt(&mut *pool.acquire().await?, mixed_no).await
 }
 
 /// Takes the internal parts from the user's (locked) account: their payment rows, the
@@ -447,10 +477,23 @@ struct ReturnedRow {
 /// to its asset with a `return` ledger row, the day's balance total gives back a balance part,
 /// and the mixed payment is CLOSED. Parts already returned are not touched: once only.
 pub(super) async fn return_holds(tx: &mut PgConnection, mixed_no: &str) -> Result<()> {
-    let user_id: i64 = sqlx::query_scalar("SELECT user_id FROM mixed_payments WHERE mixed_no = $1")
+    // The payments before the user (the lock order): the parts still held, and the user.
+    let user_id: Option<i64> = sqlx::query_scalar(
+        "SELECT max(user_id) FROM (SELECT user_id FROM payments WHERE mixed_no = $1 AND status = 'HELD' FOR UPDATE) h",
+    )
+    .bind(mixed_no)
+    .fetch_one(&mut *tx)
+    .await?;
+    let Some(user_id) = user_id else {
+        // Nothing held any more: returned before, or made final.
+        sqlx::query(
+            "UPDATE mixed_payments SET status = 'CLOSED', closed_at = now() WHERE mixed_no = $1 AND status = 'PAYING'",
+        )
         .bind(mixed_no)
-        .fetch_one(&mut *tx)
+        .execute(&mut *tx)
         .await?;
+        return Ok(());
+    };
     let Some(user) = payments::lock_users(tx, &[user_id]).await?.pop() else {
         return Err(Error::Invariant(format!("mixed payment {mixed_no}: its user is gone")));
     };

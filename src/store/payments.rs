@@ -52,6 +52,9 @@ pub struct AssetPayment {
     /// Balance pay: the hash the pay password was verified against. The payment goes ahead only
     /// if it is still the user's hash once the user row is locked.
     pub verified_hash: Option<String>,
+    /// Balance pay: a pay password is needed (`pay.balance.require_password`), so the payment
+    /// goes ahead only with `verified_hash` the user's.
+    pub password_required: bool,
     /// Balance pay: the most the user may pay with balance in the calendar day (Asia/Shanghai),
     /// this payment included (`pay.balance.max_daily_amount`); None: no limit.
     pub daily_limit: Option<Money>,
@@ -202,8 +205,9 @@ pub async fn apply_in(tx: &mut sqlx::PgConnection, items: &[&AssetPayment]) -> R
             Decision::Replay => replays.push((i, payment.request_id, by_no[payment.order_no.as_str()].pay_no.clone())),
             Decision::Candidate => {
                 let asset = payment.method.asset().expect("asset payments only");
-                if payment.method == PayMethod::Balance
-                    && hashes.get(&payment.user_id).copied().flatten() != payment.verified_hash.as_deref()
+                if payment.password_required
+                    && (payment.verified_hash.is_none()
+                        || hashes.get(&payment.user_id).copied().flatten() != payment.verified_hash.as_deref())
                 {
                     outcomes[i] = Some(Applied::Stale);
                     continue;

@@ -532,15 +532,15 @@ async fn apply_trade(
                 }
                 // Its holds went back when the order closed or reopened: the WeChat part alone
                 // does not pay the order, which stays as it is; an operator refunds the part.
-                let raised = Alert::new(
+                // The payment is recorded as paid (the money is at WeChat); the report's
+                // outcome is the alert.
+                return Ok(Settlement::Alert(Alert::new(
                     AlertKind::PaidAfterClose,
                     format_args!(
                         "WeChat took the {amount} yuan part of mixed payment {mixed_no} after its holds were returned; the order stays {}",
                         order.status.as_str()
                     ),
-                );
-                alert(tx, &raised, Some(order_no), Some(pay_no)).await?;
-                return Ok(Settlement::Settled);
+                )));
             }
             if order.status == OrderStatus::Paid {
                 // Paid twice (another method settled it first): the money is real, so the

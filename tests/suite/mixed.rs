@@ -45,6 +45,7 @@ fn mixed_payment<'a>(
         order_no,
         total,
         parts,
+        password_required: parts.iter().any(|p| p.method == PayMethod::Balance),
         verified_hash: hash,
         daily_limit: None,
         wechat: wechat.map(|payer| (payer, V3)),
@@ -541,4 +542,59 @@ async fn the_owner_cancels_an_unpaid_order_and_only_the_owner() {
     let r = app.api.pay_balance(&token, &order, "10.00", "123456").await.unwrap();
     assert_eq!(r.code(), "ORDERCLOSED", "{:?}", r.body);
     assert_eq!(app.api.status(&token, &order).await.unwrap().field("pay_status"), "CLOSED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_mixed_request_is_answered_from_what_it_made_whatever_this_worker_allows() {
+    use futures_util::StreamExt;
+    use lapin::types::AMQPValue;
+    use payfleet::mq::envelope;
+    use payfleet::mq::messages::{MixedPayRequested, PayReplied, PayRequested};
+    use payfleet::mq::publisher::Publisher;
+    use payfleet::mq::topology::{PAY_REQUESTS, REPLY_TO, Topology};
+
+    let env = TestEnv::new().await;
+    let mut app = env.start_in_process().await;
+    let (user, token) = env.user("0", "100", "10.00").await;
+    let order = env.orders(user, env.goods("10.00").await, 1).await.remove(0);
+    let body = json!({
+        "order_no": order, "total_amount": "10.00",
+        "payment_methods": [{ "type": "integral", "amount": "50", "money_equivalent": "5.00" }, { "type": "money2", "amount": "5.00" }],
+    });
+    let paid = app.api.post("/api/v1/payment/mixed/pay", Some(&token), &body).await.unwrap();
+    assert_eq!((paid.status, paid.field("pay_status")), (200, "SUCCESS"), "{:?}", paid.body);
+
+    // A worker configured otherwise (integral switched off, as in a rolling change) gets the
+    // same request again.
+    app.stop_worker().await;
+    app.start_worker(env.settings_with(&[("PAYFLEET__PAY__INTEGRAL__ENABLED", "false".into())]));
+    let request = PayRequested::Mixed(MixedPayRequested {
+        request_id: paid.request_id.parse().unwrap(),
+        user_id: user,
+        order_no: order.clone(),
+        total: m("10.00"),
+        parts: vec![part(PayMethod::Integral, "5.00"), part(PayMethod::Money2, "5.00")],
+        sealed_password: None,
+        wechat: None,
+        requested_at: time::OffsetDateTime::now_utc(),
+    });
+    let conn = payfleet::mq::connect(&env.settings.broker, "test-redelivery").await.unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let options = lapin::options::BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut replies = channel.basic_consume(REPLY_TO.into(), "".into(), options, Default::default()).await.unwrap();
+    let publisher = Publisher::on(channel.clone(), Duration::from_secs(5)).await.unwrap();
+    let properties = envelope::properties("again", "pay_requested", "00-0-0-01")
+        .with_reply_to(REPLY_TO.into())
+        .with_correlation_id("again".into());
+    let properties = envelope::with_header(&properties, envelope::ATTEMPT_HEADER, AMQPValue::LongUInt(1));
+    let queue = Topology::new(&env.settings.broker).queue(PAY_REQUESTS);
+    publisher.publish(&queue, &serde_json::to_vec(&request).unwrap(), properties).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), replies.next()).await.unwrap().unwrap().unwrap();
+    match serde_json::from_slice::<PayReplied>(&reply.data).unwrap() {
+        PayReplied::Mixed(receipt) => assert_eq!(receipt.mixed_no, paid.field("pay_no")),
+        other => panic!("a paid request answered as refused: {other:?}"),
+    }
+    payfleet::mq::close(&conn, &channel).await;
+    assert_eq!(env.balances(user).await, Balances { money: m("0"), integral: m("50"), money2: m("5.00") });
+    app.stop().await;
 }

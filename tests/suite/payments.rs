@@ -386,6 +386,7 @@ async fn a_request_applied_again_answers_its_own_receipt() {
         amount: m("2.00"),
         asset_amount: m("20.00"),
         verified_hash: None,
+        password_required: false,
         daily_limit: None,
     };
     let same: uuid::Uuid = r.request_id.parse().unwrap();
@@ -438,7 +439,13 @@ async fn a_redelivered_balance_payment_is_answered_from_its_receipt_after_a_pass
         amount: m("4.00"),
         asset_amount: m("4.00"),
         sealed_password: Some(sealer.seal(
-            &payfleet::password::SealedFor { user_id: user, request_id, order_no: &order, amount: m("4.00") },
+            &payfleet::password::SealedFor {
+                user_id: user,
+                request_id,
+                order_no: &order,
+                amount: m("4.00"),
+                terms: payfleet::password::BALANCE_TERMS,
+            },
             "123456",
         )),
         requested_at: time::OffsetDateTime::now_utc(),
@@ -643,5 +650,39 @@ async fn each_method_keeps_its_payment_rules() {
     let balances = env.balances(user).await;
     assert_eq!((balances.money, balances.integral, balances.money2), (m("80.00"), m("900"), m("100.00")));
     app.stop().await;
+    env.audit_is_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balance_pay_without_a_password_when_the_rules_say_so() {
+    // Required (the default): a balance pay or a mixed balance part without one is refused.
+    let env = TestEnv::new().await;
+    let app = env.start_in_process().await;
+    let (_, token) = env.user("50.00", "100", "0").await;
+    let goods = env.goods("10.00").await;
+    let order = app.api.create_order(&token, goods, 1).await.unwrap().field("order_no").to_owned();
+    let bare = json!({ "order_no": order, "amount": "10.00" });
+    let r = app.api.post("/api/v1/payment/balance/pay", Some(&token), &bare).await.unwrap();
+    assert_eq!((r.status, r.code()), (422, "VALIDATION"), "{:?}", r.body);
+    drop(app);
+    drop(env);
+
+    // `pay.balance.require_password = false`: neither asks for it (one sent is not checked).
+    let env = TestEnv::with(&[("PAYFLEET__PAY__BALANCE__REQUIRE_PASSWORD", "false")]).await;
+    let app = env.start_in_process().await;
+    let (user, token) = env.user("50.00", "100", "0").await;
+    let goods = env.goods("10.00").await;
+    let order = app.api.create_order(&token, goods, 1).await.unwrap().field("order_no").to_owned();
+    let bare = json!({ "order_no": order, "amount": "10.00" });
+    let r = app.api.post("/api/v1/payment/balance/pay", Some(&token), &bare).await.unwrap();
+    assert_eq!((r.status, r.field("remaining_balance")), (200, "40.00"), "{:?}", r.body);
+    let order = app.api.create_order(&token, goods, 1).await.unwrap().field("order_no").to_owned();
+    let mixed = json!({
+        "order_no": order, "total_amount": "10.00", "pay_password": "000000",
+        "payment_methods": [{ "type": "balance", "amount": "5.00" }, { "type": "integral", "amount": "50", "money_equivalent": "5.00" }],
+    });
+    let r = app.api.post("/api/v1/payment/mixed/pay", Some(&token), &mixed).await.unwrap();
+    assert_eq!((r.status, r.field("remaining_balance")), (200, "35.00"), "{:?}", r.body);
+    assert_eq!(env.balances(user).await, Balances { money: m("35.00"), integral: m("50"), money2: m("0") });
     env.audit_is_clean().await;
 }

@@ -25,6 +25,7 @@ fn integral_payment(user: i64, order_no: &str) -> AssetPayment {
         amount: m("10.00"),
         asset_amount: m("100"),
         verified_hash: None,
+        password_required: false,
         daily_limit: None,
     }
 }
@@ -194,6 +195,7 @@ async fn two_balance_payments_that_together_pass_the_daily_limit_cannot_both_pay
         amount: m("6.00"),
         asset_amount: m("6.00"),
         verified_hash: Some(hash.clone()),
+        password_required: true,
         daily_limit: Some(m("10.00")),
         ..integral_payment(user, order_no)
     };

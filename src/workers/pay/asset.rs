@@ -26,9 +26,12 @@ impl PayHandler {
         // order is read (unlocked) and an order that cannot be paid (missing, someone else's,
         // paid, closed, waiting for WeChat, another amount) is refused before any. A request
         // that already paid it (a redelivery) is answered from its receipt: its password was
-        // checked when it paid, and may have changed since. The transaction checks again.
+        // checked when it paid, and may have changed since. The transaction checks again. With
+        // `pay.balance.require_password` off there is no password to check.
+        let needs_password =
+            |r: &AssetPayRequested| r.method == PayMethod::Balance && self.pay.balance_needs_password();
         let candidates: Vec<usize> =
-            (0..requests.len()).filter(|&i| answers[i].is_none() && requests[i].method == PayMethod::Balance).collect();
+            (0..requests.len()).filter(|&i| answers[i].is_none() && needs_password(requests[i])).collect();
         let order_nos: Vec<&str> = candidates.iter().map(|&i| requests[i].order_no.as_str()).collect();
         let seen = if order_nos.is_empty() {
             HashMap::new()
@@ -76,6 +79,7 @@ impl PayHandler {
                     amount: r.amount,
                     asset_amount: r.asset_amount,
                     verified_hash: verified.remove(&i),
+                    password_required: needs_password(r),
                     daily_limit: (r.method == PayMethod::Balance)
                         .then_some(self.pay.balance.max_daily_amount)
                         .flatten(),

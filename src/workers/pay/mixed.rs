@@ -16,6 +16,13 @@ use crate::store::wechat::ChannelVersion;
 
 impl PayHandler {
     pub(super) async fn pay_mixed(&self, r: &MixedPayRequested) -> Answer {
+        // A redelivery is answered from what its first delivery made, before any check: this
+        // worker's settings may differ from the one that took the money.
+        match store::mixed::find_by_request(&self.db, r.request_id).await {
+            Ok(Some(receipt)) => return self.answer(r, receipt).await,
+            Ok(None) => {}
+            Err(e) => return Err(e.into()),
+        }
         if let Err(refusal) = self.check_mixed(r) {
             return refused(refusal);
         }
@@ -29,12 +36,14 @@ impl PayHandler {
             }
         };
         let balance = r.parts.iter().find(|p| p.method == PayMethod::Balance);
-        let verified_hash = match balance {
-            Some(_) => match self.verify_mixed_password(r).await {
+        let password_required = balance.is_some() && self.pay.balance_needs_password();
+        let verified_hash = if password_required {
+            match self.verify_mixed_password(r).await {
                 Ok(hash) => hash,
                 Err(answer) => return answer,
-            },
-            None => None,
+            }
+        } else {
+            None
         };
         let payment = MixedPayment {
             request_id: r.request_id,
@@ -43,6 +52,7 @@ impl PayHandler {
             total: r.total,
             parts: &r.parts,
             verified_hash,
+            password_required,
             daily_limit: balance.and(self.pay.balance.max_daily_amount),
             wechat,
         };
@@ -52,13 +62,15 @@ impl PayHandler {
             Ok(MixedApplied::Stale) => return Err(HandleError::Retryable("pay password changed while paying".into())),
             Err(e) => return Err(e.into()),
         };
+        self.answer(r, receipt).await
+    }
+
+    /// The answer for a mixed payment as it stands: paid, held (with the WeChat part's pay
+    /// params), or closed with its holds returned.
+    async fn answer(&self, r: &MixedPayRequested, receipt: MixedReceipt) -> Answer {
         match receipt.status {
-            PaymentStatus::Paying => Ok(PayReplied::Mixed(self.with_pay_params(r, receipt).await)),
-            // A redelivery of a request whose payment closed meanwhile (its holds went back).
-            PaymentStatus::Closed => refused(Refusal::new(
-                Code::OrderClosed,
-                "this mixed payment closed unpaid and everything it held was returned",
-            )),
+            PaymentStatus::Paying => self.with_pay_params(r, receipt).await,
+            PaymentStatus::Closed => refused(closed()),
             _ => Ok(PayReplied::Mixed(receipt)),
         }
     }
@@ -98,9 +110,9 @@ impl PayHandler {
     /// The WeChat part's pay params, through the WeChat create (which reuses a valid prepay). The
     /// internal parts are held whatever WeChat answers, so a failure is told, not raised: the
     /// payer can fetch the params again, or cancel and get the holds back.
-    async fn with_pay_params(&self, r: &MixedPayRequested, mut receipt: MixedReceipt) -> MixedReceipt {
+    async fn with_pay_params(&self, r: &MixedPayRequested, mut receipt: MixedReceipt) -> Answer {
         let (Some(part), Some(payer)) = (receipt.wechat(), &r.wechat) else {
-            return receipt;
+            return Ok(PayReplied::Mixed(receipt));
         };
         let create = WechatCreateRequested {
             request_id: r.request_id,
@@ -119,7 +131,17 @@ impl PayHandler {
         match self.create_wechat(&create).await {
             Ok(PayReplied::Prepaid(prepaid)) => receipt.wechat_pay_info = Some(prepaid.pay_params),
             Ok(PayReplied::Refused(refusal)) => {
-                receipt.note = Some(format!("WeChat part: {} ({})", refusal.message, refusal.code.as_str()));
+                // The order stopped waiting for the part (it closed, and the holds went back, or
+                // WeChat took the money already): answer the payment as it is now.
+                let now = match store::mixed::find(&self.db, &receipt.mixed_no).await {
+                    Ok(now) => now,
+                    Err(e) => return Err(e.into()),
+                };
+                if now.status == PaymentStatus::Closed {
+                    return refused(closed());
+                }
+                receipt = now;
+                receipt.note = Some(format!("WeChat part: {} ({}); {later}", refusal.message, refusal.code.as_str()));
             }
             Ok(other) => {
                 tracing::error!(order_no = %r.order_no, reply = ?other, "a WeChat create answered neither params nor a refusal");
@@ -130,6 +152,10 @@ impl PayHandler {
                 receipt.note = Some(format!("WeChat did not answer; {later}"));
             }
         }
-        receipt
+        Ok(PayReplied::Mixed(receipt))
     }
+}
+
+fn closed() -> Refusal {
+    Refusal::new(Code::OrderClosed, "this mixed payment closed unpaid and everything it held was returned")
 }

@@ -5,33 +5,61 @@ use std::collections::{HashMap, HashSet};
 
 use super::{Answer, PayHandler, refused};
 use crate::domain::Code;
+use crate::domain::Money;
+use crate::domain::mixed::terms;
 use crate::domain::payment::Refusal;
 use crate::mq::consumer::HandleError;
 use crate::mq::messages::{AssetPayRequested, MixedPayRequested};
-use crate::password::SealedFor;
+use crate::password::{BALANCE_TERMS, SealedFor};
 use crate::store;
 
-/// A pay password to check: what it was sealed for, and the sealed text (None: the request
-/// came without one).
+/// A pay password to check: the request it was sealed for, and the sealed text (None: the
+/// request came without one).
 pub(super) struct PasswordTry<'a> {
-    pub sealed_for: SealedFor<'a>,
+    pub user_id: i64,
+    pub request_id: uuid::Uuid,
+    pub order_no: &'a str,
+    pub amount: Money,
+    pub terms: String,
     pub sealed: Option<&'a str>,
+}
+
+impl PasswordTry<'_> {
+    fn sealed_for(&self) -> SealedFor<'_> {
+        SealedFor {
+            user_id: self.user_id,
+            request_id: self.request_id,
+            order_no: self.order_no,
+            amount: self.amount,
+            terms: &self.terms,
+        }
+    }
 }
 
 impl<'a> From<&'a AssetPayRequested> for PasswordTry<'a> {
     fn from(r: &'a AssetPayRequested) -> PasswordTry<'a> {
-        let sealed_for =
-            SealedFor { user_id: r.user_id, request_id: r.request_id, order_no: &r.order_no, amount: r.amount };
-        PasswordTry { sealed_for, sealed: r.sealed_password.as_deref() }
+        PasswordTry {
+            user_id: r.user_id,
+            request_id: r.request_id,
+            order_no: &r.order_no,
+            amount: r.amount,
+            terms: BALANCE_TERMS.to_owned(),
+            sealed: r.sealed_password.as_deref(),
+        }
     }
 }
 
 impl<'a> From<&'a MixedPayRequested> for PasswordTry<'a> {
-    /// Sealed for the whole payment: the total, not the balance part.
+    /// Sealed for the whole payment and its parts.
     fn from(r: &'a MixedPayRequested) -> PasswordTry<'a> {
-        let sealed_for =
-            SealedFor { user_id: r.user_id, request_id: r.request_id, order_no: &r.order_no, amount: r.total };
-        PasswordTry { sealed_for, sealed: r.sealed_password.as_deref() }
+        PasswordTry {
+            user_id: r.user_id,
+            request_id: r.request_id,
+            order_no: &r.order_no,
+            amount: r.total,
+            terms: terms(&r.parts),
+            sealed: r.sealed_password.as_deref(),
+        }
     }
 }
 
@@ -52,7 +80,7 @@ impl PayHandler {
         if requests.is_empty() {
             return out;
         }
-        let mut user_ids: Vec<i64> = requests.iter().map(|(_, r)| r.sealed_for.user_id).collect();
+        let mut user_ids: Vec<i64> = requests.iter().map(|(_, r)| r.user_id).collect();
         user_ids.sort_unstable();
         user_ids.dedup();
         let hashes = match store::users::pay_password_hashes(&self.db, &user_ids).await {
@@ -68,13 +96,13 @@ impl PayHandler {
         let mut tries: Vec<(i64, String)> = Vec::new();
         let mut made_by: Vec<Vec<usize>> = Vec::new();
         for (i, request) in requests {
-            let user_id = request.sealed_for.user_id;
+            let user_id = request.user_id;
             if !hashes.contains_key(&user_id) {
                 let refusal = Refusal::new(Code::PasswordNotSet, "set a pay password before paying with balance");
                 out.insert(*i, Err(refused(refusal)));
                 continue;
             }
-            let opened = request.sealed.map(|s| self.sealer.open(&request.sealed_for, s));
+            let opened = request.sealed.map(|s| self.sealer.open(&request.sealed_for(), s));
             let password = match opened {
                 Some(Ok(password)) => password,
                 Some(Err(e)) => {
