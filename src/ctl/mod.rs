@@ -43,10 +43,14 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
-    /// Print a bearer token for a user.
+    /// Print a bearer token: a user's (`--user ID`), or an operator's for `/admin/v1/…`
+    /// (`--operator NAME`, lowercase letters, digits, '.', '_', '-').
+    #[command(group(clap::ArgGroup::new("who").required(true).args(["user", "operator"])))]
     Token {
         #[arg(long)]
-        user: i64,
+        user: Option<i64>,
+        #[arg(long)]
+        operator: Option<String>,
     },
     /// (dev) Issue a pay-password SMS code for a user and print it instead of texting it.
     SmsCode {
@@ -125,13 +129,21 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             let (user_id, token) = admin.create_user(&nickname, &opening, pay_password.as_deref()).await?;
             println!("{}", json!({ "user_id": user_id, "token": token }));
         }
-        Command::Token { user } => {
+        Command::Token { user: Some(user), .. } => {
             let admin = Admin::connect(&settings)?;
             if !crate::store::users::exists(&admin.db, user).await? {
                 bail!("no user {user}");
             }
             println!("{}", admin.tokens()?.issue(user));
         }
+        Command::Token { operator: Some(name), .. } => {
+            if !crate::auth::is_operator_name(&name) {
+                bail!("an operator name is 1 to 64 lowercase letters, digits, '.', '_' or '-'");
+            }
+            let admin = Admin::connect(&settings)?;
+            println!("{}", admin.tokens()?.issue_operator(&name));
+        }
+        Command::Token { .. } => bail!("name --user ID or --operator NAME"),
         Command::SmsCode { user } => {
             let admin = Admin::connect(&settings)?;
             if !crate::store::users::exists(&admin.db, user).await? {

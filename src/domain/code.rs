@@ -39,6 +39,8 @@ pub enum Code {
     DailyLimit,
     Validation,
     Unauthorized,
+    /// A valid token that may not use this route (a user's on `/admin/v1/…`).
+    Forbidden,
     NotFound,
     /// The payment could not be taken right now; nothing was charged.
     #[serde(rename = "SYSTEMERROR")]
@@ -64,6 +66,7 @@ impl Code {
             Code::DailyLimit => "DAILY_LIMIT",
             Code::Validation => "VALIDATION",
             Code::Unauthorized => "UNAUTHORIZED",
+            Code::Forbidden => "FORBIDDEN",
             Code::NotFound => "NOT_FOUND",
             Code::SystemError => "SYSTEMERROR",
         }
@@ -93,6 +96,7 @@ mod tests {
             Code::DailyLimit,
             Code::Validation,
             Code::Unauthorized,
+            Code::Forbidden,
             Code::NotFound,
             Code::SystemError,
         ] {

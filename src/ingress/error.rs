@@ -102,7 +102,7 @@ fn status_of(code: Code) -> StatusCode {
         Code::Success => StatusCode::OK,
         Code::Validation | Code::AmountMismatch | Code::SmsCodeInvalid => StatusCode::UNPROCESSABLE_ENTITY,
         Code::Unauthorized | Code::SignError => StatusCode::UNAUTHORIZED,
-        Code::PasswordWrong | Code::PasswordNotSet | Code::MethodDisabled => StatusCode::FORBIDDEN,
+        Code::PasswordWrong | Code::PasswordNotSet | Code::MethodDisabled | Code::Forbidden => StatusCode::FORBIDDEN,
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::OrderPaid | Code::OrderClosed | Code::OrderPaying | Code::NotEnough | Code::DailyLimit => {
             StatusCode::CONFLICT

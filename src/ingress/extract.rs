@@ -6,29 +6,53 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::{ApiError, AppState, RequestId};
+use crate::auth::Bearer;
+use crate::domain::Code;
 
-/// The user a valid `Authorization: Bearer <JWT>` names.
+/// The user a valid `Authorization: Bearer <JWT>` names (an operator's token is refused).
 #[derive(Clone, Copy, Debug)]
 pub struct AuthUser(pub i64);
+
+/// The operator a valid operator token names (`/admin/v1/…`; a user's token is refused).
+#[derive(Clone, Debug)]
+pub struct Operator(pub String);
+
+/// Who the request's bearer token names.
+fn bearer(parts: &Parts, state: &AppState) -> Result<Bearer, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))?;
+    state.tokens.verify(token.trim()).map_err(|e| {
+        tracing::debug!(error = %e, "token refused");
+        ApiError::unauthorized("invalid or expired token; sign in again")
+    })
+}
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token>"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthorized("Authorization must be \"Bearer <token>\""))?;
-        let user_id = state.tokens.verify(token.trim()).map_err(|e| {
-            tracing::debug!(error = %e, "token refused");
-            ApiError::unauthorized("invalid or expired token; sign in again")
-        })?;
-        Ok(AuthUser(user_id))
+        match bearer(parts, state)? {
+            Bearer::User(user_id) => Ok(AuthUser(user_id)),
+            Bearer::Operator(_) => Err(ApiError::unauthorized("an operator token does not act as a user")),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        match bearer(parts, state)? {
+            Bearer::Operator(name) => Ok(Operator(name)),
+            Bearer::User(_) => Err(ApiError::new(Code::Forbidden, "this route needs an operator token")),
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP ingress (axum only): authenticates and validates requests, publishes pay requests
 //! to the broker and waits for the worker's answer, and serves reads straight from PostgreSQL.
 
+mod admin;
 mod error;
 mod extract;
 mod fields;
@@ -86,6 +87,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
     Router::new()
         .merge(orders::router())
         .merge(payment::router())
+        .merge(admin::router())
         .merge(mixed_pay::router())
         .merge(user::router())
         .merge(wechat_pay::router())

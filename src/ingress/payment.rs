@@ -19,7 +19,7 @@ use crate::domain::Code;
 use crate::domain::{Money, OrderStatus, PayMethod, PayType, PaymentStatus};
 use crate::mq::messages::{AssetPayRequested, PayRequested};
 use crate::password::{BALANCE_TERMS, SealedFor};
-use crate::store::orders::PaymentDetail;
+use crate::store::orders::{OrderView, PaymentDetail};
 use crate::store::{self, wechat::Cancelled};
 
 #[derive(Deserialize)]
@@ -152,21 +152,7 @@ async fn status(
         OrderStatus::Unpaid if order.expires_at <= OffsetDateTime::now_utc() => "CLOSED",
         OrderStatus::Unpaid => "PENDING",
     };
-    let details: Vec<Value> = order
-        .payments
-        .iter()
-        .map(|p| {
-            let mut detail =
-                json!({ "method": p.method.as_str(), "amount": p.amount, "status": p.status, "pay_no": p.pay_no });
-            if p.method == PayMethod::Integral {
-                detail["points"] = json!(p.asset_amount);
-            }
-            if let Some(no) = &p.third_party_no {
-                detail["transaction_id"] = json!(no);
-            }
-            detail
-        })
-        .collect();
+    let details = payment_details(&order);
     // The channel's number of the payment that settled the order (its WeChat part, for a mixed
     // payment), as on the payer's bill.
     let settled_it = |p: &PaymentDetail| match order.pay_type {
@@ -208,6 +194,25 @@ async fn status(
             "last_refusal": last_refusal,
         }),
     ))
+}
+
+/// Every payment of an order, and every part of a mixed one, as `payment_details` lists them.
+pub(super) fn payment_details(order: &OrderView) -> Vec<Value> {
+    order
+        .payments
+        .iter()
+        .map(|p| {
+            let mut detail =
+                json!({ "method": p.method.as_str(), "amount": p.amount, "status": p.status, "pay_no": p.pay_no });
+            if p.method == PayMethod::Integral {
+                detail["points"] = json!(p.asset_amount);
+            }
+            if let Some(no) = &p.third_party_no {
+                detail["transaction_id"] = json!(no);
+            }
+            detail
+        })
+        .collect()
 }
 
 /// POST /api/v1/payment/{orderNo}/cancel: the owner gives up an unpaid order. A WeChat payment

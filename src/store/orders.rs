@@ -197,6 +197,7 @@ pub struct PaymentDetail {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OrderView {
     pub order_no: String,
+    pub user_id: i64,
     pub status: OrderStatus,
     pub amount: Money,
     pub pay_type: Option<PayType>,
@@ -210,9 +211,18 @@ pub struct OrderView {
 /// The order with its payments, if it exists and belongs to `user_id` (someone else's order
 /// is indistinguishable from a missing one).
 pub async fn find_for_user(pool: &PgPool, order_no: &str, user_id: i64) -> Result<Option<OrderView>> {
+    find_where(pool, order_no, Some(user_id)).await
+}
+
+/// The order with its payments, whoever's it is (operators).
+pub async fn find(pool: &PgPool, order_no: &str) -> Result<Option<OrderView>> {
+    find_where(pool, order_no, None).await
+}
+
+async fn find_where(pool: &PgPool, order_no: &str, user_id: Option<i64>) -> Result<Option<OrderView>> {
     let view: Option<OrderView> = sqlx::query_as(
-        "SELECT order_no, status, amount, pay_type, pay_no, paid_at, expires_at
-         FROM orders WHERE order_no = $1 AND user_id = $2",
+        "SELECT order_no, user_id, status, amount, pay_type, pay_no, paid_at, expires_at
+         FROM orders WHERE order_no = $1 AND ($2::bigint IS NULL OR user_id = $2)",
     )
     .bind(order_no)
     .bind(user_id)

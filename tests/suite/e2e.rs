@@ -274,7 +274,8 @@ async fn the_demo_passes_and_payctl_beside_it_uses_its_development_secrets() {
     let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
     let jwt = &secrets.iter().find(|(k, _)| k == "PAYFLEET__AUTH__JWT_SECRET").unwrap().1;
     let keys = payfleet::auth::TokenKeys::new(&jwt.clone().into(), Duration::from_secs(60));
-    assert_eq!(keys.verify(created["token"].as_str().unwrap()).ok(), created["user_id"].as_i64());
+    let named = keys.verify(created["token"].as_str().unwrap()).ok();
+    assert_eq!(named, created["user_id"].as_i64().map(payfleet::auth::Bearer::User));
     // Never in production settings.
     let refused = payctl(&["token", "--user", "1"], Some("production"));
     assert!(!refused.status.success());
@@ -284,4 +285,44 @@ async fn the_demo_passes_and_payctl_beside_it_uses_its_development_secrets() {
         String::from_utf8_lossy(&refused.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_and_users_each_use_only_their_own_routes() {
+    let env = TestEnv::new().await;
+    let app = env.start_in_process().await;
+    let (user, token) = env.user("10.00", "0", "0").await;
+    let order = env.orders(user, env.goods("5.00").await, 1).await.remove(0);
+    assert_eq!(app.api.pay_balance(&token, &order, "5.00", "123456").await.unwrap().status, 200);
+
+    // An operator token as `payctl token --operator` prints it.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_payctl"))
+        .args(["token", "--operator", "ops.alice"])
+        .env("PAYFLEET_CONFIG_DIR", common::config_dir())
+        .envs(&env.env)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let operator = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let path = format!("/admin/v1/orders/{order}");
+    let r = app.api.get(&path, Some(&operator)).await.unwrap();
+    assert_eq!((r.status, r.field("status"), r.data()["user_id"].as_i64()), (200, "PAID", Some(user)), "{:?}", r.body);
+    assert_eq!(r.data()["payments"][0]["method"], "balance");
+    assert!(r.data()["alerts"].as_array().unwrap().is_empty());
+
+    let r = app.api.get(&path, Some(&token)).await.unwrap();
+    assert_eq!((r.status, r.code()), (403, "FORBIDDEN"), "a user's token on an operator route: {:?}", r.body);
+    assert_eq!(app.api.get(&path, None).await.unwrap().status, 401);
+    let r = app.api.status(&operator, &order).await.unwrap();
+    assert_eq!((r.status, r.code()), (401, "UNAUTHORIZED"), "an operator's token on a user route: {:?}", r.body);
+    assert_eq!(app.api.get("/admin/v1/orders/ORD0", Some(&operator)).await.unwrap().code(), "NOT_FOUND");
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_payctl"))
+        .args(["token", "--operator", "Not An Operator"])
+        .env("PAYFLEET_CONFIG_DIR", common::config_dir())
+        .envs(&env.env)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    app.stop().await;
 }
