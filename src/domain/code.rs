@@ -38,6 +38,8 @@ pub enum Code {
     /// (`pay.balance.max_daily_amount`, per calendar day in Asia/Shanghai).
     DailyLimit,
     Validation,
+    /// The same idempotency key (a refund_no) sent again with another body.
+    IdempotencyConflict,
     Unauthorized,
     /// A valid token that may not use this route (a user's on `/admin/v1/…`).
     Forbidden,
@@ -65,6 +67,7 @@ impl Code {
             Code::MethodDisabled => "METHOD_DISABLED",
             Code::DailyLimit => "DAILY_LIMIT",
             Code::Validation => "VALIDATION",
+            Code::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
             Code::Unauthorized => "UNAUTHORIZED",
             Code::Forbidden => "FORBIDDEN",
             Code::NotFound => "NOT_FOUND",
@@ -95,6 +98,7 @@ mod tests {
             Code::MethodDisabled,
             Code::DailyLimit,
             Code::Validation,
+            Code::IdempotencyConflict,
             Code::Unauthorized,
             Code::Forbidden,
             Code::NotFound,

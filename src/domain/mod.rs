@@ -6,6 +6,7 @@ pub mod mixed;
 pub mod money;
 pub mod order;
 pub mod payment;
+pub mod refund;
 
 pub use code::Code;
 pub use money::{Money, MoneyError};

@@ -42,6 +42,8 @@ impl GoodsKind {
 ///     │  └─the channel trade failed for good─┐  │
 ///     └──channel payment begun──► PAYING ────┴──┘ (the channel reports it paid)
 ///   UNPAID, PAYING ──pay time ran out──► CLOSED ──the channel took the money anyway──► PAID
+///   PAID ──refunded in part──► PARTIALLY_REFUNDED ──the rest──► REFUNDED
+///     └────────refunded in full──────────────────────────────────┘
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -51,15 +53,26 @@ pub enum OrderStatus {
     /// A channel payment (WeChat) waits for the payer; no other method may pay.
     Paying,
     Paid,
+    /// Paid, and part of it given back.
+    PartiallyRefunded,
+    /// Paid, and all of it given back.
+    Refunded,
     Closed,
 }
 
 impl OrderStatus {
+    /// Paid, whatever was given back since: the states with a pay_no.
+    pub fn was_paid(self) -> bool {
+        matches!(self, OrderStatus::Paid | OrderStatus::PartiallyRefunded | OrderStatus::Refunded)
+    }
+
     pub fn parse(s: &str) -> Option<OrderStatus> {
         match s {
             "UNPAID" => Some(OrderStatus::Unpaid),
             "PAYING" => Some(OrderStatus::Paying),
             "PAID" => Some(OrderStatus::Paid),
+            "PARTIALLY_REFUNDED" => Some(OrderStatus::PartiallyRefunded),
+            "REFUNDED" => Some(OrderStatus::Refunded),
             "CLOSED" => Some(OrderStatus::Closed),
             _ => None,
         }
@@ -70,6 +83,8 @@ impl OrderStatus {
             OrderStatus::Unpaid => "UNPAID",
             OrderStatus::Paying => "PAYING",
             OrderStatus::Paid => "PAID",
+            OrderStatus::PartiallyRefunded => "PARTIALLY_REFUNDED",
+            OrderStatus::Refunded => "REFUNDED",
             OrderStatus::Closed => "CLOSED",
         }
     }
@@ -77,7 +92,14 @@ impl OrderStatus {
     /// Whether the order may move from this state to `next` (the diagram above).
     pub fn can_become(self, next: OrderStatus) -> bool {
         use OrderStatus::*;
-        matches!((self, next), (Unpaid, Paid | Paying | Closed) | (Paying, Paid | Unpaid | Closed) | (Closed, Paid))
+        matches!(
+            (self, next),
+            (Unpaid, Paid | Paying | Closed)
+                | (Paying, Paid | Unpaid | Closed)
+                | (Closed, Paid)
+                | (Paid, PartiallyRefunded | Refunded)
+                | (PartiallyRefunded, Refunded)
+        )
     }
 }
 
@@ -104,7 +126,7 @@ pub fn check_payable(order: Option<&OrderFacts>, user_id: i64, amount: Money) ->
         return refuse(Code::NotFound, "order not found");
     };
     match order.status {
-        OrderStatus::Paid => Err(Refusal {
+        OrderStatus::Paid | OrderStatus::PartiallyRefunded | OrderStatus::Refunded => Err(Refusal {
             pay_no: order.pay_no.map(str::to_owned),
             ..Refusal::new(Code::OrderPaid, "order already paid")
         }),
@@ -125,7 +147,14 @@ pub fn check_payable(order: Option<&OrderFacts>, user_id: i64, amount: Money) ->
 mod tests {
     use super::*;
 
-    const ALL: [OrderStatus; 4] = [OrderStatus::Unpaid, OrderStatus::Paying, OrderStatus::Paid, OrderStatus::Closed];
+    const ALL: [OrderStatus; 6] = [
+        OrderStatus::Unpaid,
+        OrderStatus::Paying,
+        OrderStatus::Paid,
+        OrderStatus::PartiallyRefunded,
+        OrderStatus::Refunded,
+        OrderStatus::Closed,
+    ];
 
     #[test]
     fn names_round_trip() {
@@ -138,7 +167,9 @@ mod tests {
     #[test]
     fn paid_is_final_and_only_a_channel_may_pay_a_closed_order() {
         for s in ALL {
-            assert!(!OrderStatus::Paid.can_become(s), "PAID → {s:?}");
+            let refund = matches!(s, OrderStatus::PartiallyRefunded | OrderStatus::Refunded);
+            assert_eq!(OrderStatus::Paid.can_become(s), refund, "PAID → {s:?}: only refunds");
+            assert!(!OrderStatus::Refunded.can_become(s), "REFUNDED is final: {s:?}");
             assert!(!s.can_become(s), "{s:?} → itself is no transition");
         }
         assert!(OrderStatus::Closed.can_become(OrderStatus::Paid));

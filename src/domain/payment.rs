@@ -169,18 +169,21 @@ pub enum PaymentStatus {
     Closed,
     /// A hold given back: the mixed payment it belonged to closed unpaid.
     Returned,
-    /// Paid and given back.
+    /// Paid, and part of it given back by a refund.
+    PartiallyRefunded,
+    /// Paid and given back (by a refund, or at the channel before it settled here).
     Refunded,
 }
 
 impl PaymentStatus {
-    pub const ALL: [PaymentStatus; 7] = [
+    pub const ALL: [PaymentStatus; 8] = [
         PaymentStatus::Paying,
         PaymentStatus::Held,
         PaymentStatus::Success,
         PaymentStatus::Failed,
         PaymentStatus::Closed,
         PaymentStatus::Returned,
+        PaymentStatus::PartiallyRefunded,
         PaymentStatus::Refunded,
     ];
 
@@ -192,12 +195,18 @@ impl PaymentStatus {
             PaymentStatus::Failed => "FAILED",
             PaymentStatus::Closed => "CLOSED",
             PaymentStatus::Returned => "RETURNED",
+            PaymentStatus::PartiallyRefunded => "PARTIALLY_REFUNDED",
             PaymentStatus::Refunded => "REFUNDED",
         }
     }
 
     pub fn parse(s: &str) -> Option<PaymentStatus> {
         PaymentStatus::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+
+    /// Took the money for its order (whatever a refund gave back since).
+    pub fn settled(self) -> bool {
+        matches!(self, PaymentStatus::Success | PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded)
     }
 }
 

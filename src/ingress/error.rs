@@ -104,9 +104,12 @@ fn status_of(code: Code) -> StatusCode {
         Code::Unauthorized | Code::SignError => StatusCode::UNAUTHORIZED,
         Code::PasswordWrong | Code::PasswordNotSet | Code::MethodDisabled | Code::Forbidden => StatusCode::FORBIDDEN,
         Code::NotFound => StatusCode::NOT_FOUND,
-        Code::OrderPaid | Code::OrderClosed | Code::OrderPaying | Code::NotEnough | Code::DailyLimit => {
-            StatusCode::CONFLICT
-        }
+        Code::OrderPaid
+        | Code::OrderClosed
+        | Code::OrderPaying
+        | Code::NotEnough
+        | Code::DailyLimit
+        | Code::IdempotencyConflict => StatusCode::CONFLICT,
         Code::PasswordLocked | Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         Code::SystemError => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -16,7 +16,7 @@ use super::respond::{ok, rfc3339};
 use super::{ApiError, AppState, RequestId, Result, pay_call};
 use crate::channel_sync::{self, Closing};
 use crate::domain::Code;
-use crate::domain::{Money, OrderStatus, PayMethod, PayType, PaymentStatus};
+use crate::domain::{Money, OrderStatus, PayMethod, PayType};
 use crate::mq::messages::{AssetPayRequested, PayRequested};
 use crate::password::{BALANCE_TERMS, SealedFor};
 use crate::store::orders::{OrderView, PaymentDetail};
@@ -141,6 +141,8 @@ async fn status(
         .ok_or_else(|| ApiError::not_found("order"))?;
     let pay_status = match order.status {
         OrderStatus::Paid => "SUCCESS",
+        OrderStatus::PartiallyRefunded => "PARTIALLY_REFUNDED",
+        OrderStatus::Refunded => "REFUNDED",
         OrderStatus::Closed => "CLOSED",
         OrderStatus::Paying => {
             // A WeChat payment waiting too long: ask WeChat, in case its notify was lost.
@@ -163,7 +165,7 @@ async fn status(
     let transaction_id = order
         .payments
         .iter()
-        .filter(|p| p.status == PaymentStatus::Success && order.status == OrderStatus::Paid)
+        .filter(|p| p.status.settled() && order.status.was_paid())
         .find(|p| settled_it(p) && p.third_party_no.is_some())
         .and_then(|p| p.third_party_no.clone());
     // Why an unpaid order is still unpaid, when a pay request of this user was refused (a
@@ -187,6 +189,7 @@ async fn status(
             "pay_type": order.pay_type.map(PayType::name),
             "pay_amount": order.amount,
             "pay_time": order.paid_at.map(rfc3339),
+            "refunded_amount": order.refunded,
             "pay_no": order.pay_no,
             "transaction_id": transaction_id,
             "expires_at": rfc3339(order.expires_at),

@@ -118,7 +118,7 @@ async fn retry(
         .await?
         .ok_or_else(|| ApiError::not_found("order"))?;
     match order.status {
-        OrderStatus::Paid => {
+        OrderStatus::Paid | OrderStatus::PartiallyRefunded | OrderStatus::Refunded => {
             let pay_no = order.pay_no.clone().map(|p| json!({ "pay_no": p })).unwrap_or_default();
             return Err(ApiError::new(Code::OrderPaid, "order already paid").with_data(pay_no));
         }

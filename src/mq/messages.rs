@@ -44,6 +44,27 @@ impl Event for OrderPaid {
     const KIND: &'static str = "order_paid";
 }
 
+impl Event for OrderRefunded {
+    const QUEUE: &'static str = topology::ORDER_FOLLOWUP;
+    const KIND: &'static str = "order_refunded";
+}
+
+/// Money of a paid order was given back: written to the outbox by the refund's transaction,
+/// relayed to `order.followup` (a follow-up undoes what the refund covers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRefunded {
+    pub order_no: String,
+    pub user_id: i64,
+    pub refund_no: String,
+    /// Yuan this refund gave back.
+    pub amount: Money,
+    /// Yuan given back of the order so far, this refund included.
+    pub refunded: Money,
+    /// Everything paid is back.
+    pub full: bool,
+    pub reason: String,
+}
+
 /// A user asked to pay: published by the ingress to `pay.requests`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -43,6 +43,10 @@ pub struct Audit {
     /// returned holds without their one `return` ledger row; mixed payments of another amount
     /// than their order.
     pub loose_holds: i64,
+    /// Refunds whose parts, payments, orders and profit_pay rows do not agree: a payment's or
+    /// order's `refunded` not the sum of its refund parts, a refund not the sum of its parts, a
+    /// part without its profit_pay row.
+    pub refunds_off: i64,
     /// (user, day) pairs whose `balance_daily` total is not the sum of that day's successful
     /// balance payments (the daily limit would count wrong).
     pub daily_totals_off: i64,
@@ -57,6 +61,7 @@ impl Audit {
                 unrecorded_payments: 0,
                 orders_without_payment: 0,
                 loose_holds: 0,
+                refunds_off: 0,
                 daily_totals_off: 0,
             }
     }
@@ -75,6 +80,13 @@ pub async fn audit(pool: &PgPool) -> Result<Audit> {
          ), last AS (
              SELECT DISTINCT ON (user_id, asset) user_id, asset, balance_after
              FROM asset_ledger ORDER BY user_id, asset, id DESC
+         ), settled AS (
+             -- the payments that took their money (REFUNDED with nothing refunded here is a
+             -- channel trade paid back before it settled)
+             SELECT * FROM payments
+             WHERE status IN ('SUCCESS', 'PARTIALLY_REFUNDED') OR (status = 'REFUNDED' AND refunded > 0)
+         ), pay_profit AS (
+             SELECT * FROM profit_pay WHERE pay_no NOT IN (SELECT part_no FROM refund_parts)
          )
          SELECT
            (SELECT count(*) FROM chain WHERE before IS NOT NULL AND before + change <> balance_after) AS broken_chains,
@@ -82,18 +94,16 @@ pub async fn audit(pool: &PgPool) -> Result<Audit> {
              WHERE last.balance_after <> CASE last.asset WHEN 'money' THEN u.money
                                                          WHEN 'integral' THEN u.integral
                                                          ELSE u.money2 END) AS mismatched_accounts,
-           (SELECT count(*) FROM payments p FULL JOIN profit_pay pp ON pp.pay_no = p.pay_no
-             WHERE (p.status = 'SUCCESS' OR p.pay_no IS NULL)
-               AND (pp.pay_no IS NULL OR p.pay_no IS NULL OR pp.order_no <> p.order_no
+           (SELECT count(*) FROM settled p FULL JOIN pay_profit pp ON pp.pay_no = p.pay_no
+             WHERE (pp.pay_no IS NULL OR p.pay_no IS NULL OR pp.order_no <> p.order_no
                     OR pp.change_money <> -p.amount OR pp.pay_type <> CASE p.method WHEN 'wechat' THEN 1
                         WHEN 'balance' THEN 2 WHEN 'integral' THEN 3 ELSE 4 END)) AS unrecorded_payments,
-           (SELECT count(*) FROM orders o WHERE o.status = 'PAID'
-             AND (SELECT coalesce(sum(p.amount), 0) FROM payments p WHERE p.order_no = o.order_no AND p.status = 'SUCCESS')
-                 <> o.amount)
+           (SELECT count(*) FROM orders o WHERE o.status IN ('PAID', 'PARTIALLY_REFUNDED', 'REFUNDED')
+             AND (SELECT coalesce(sum(p.amount), 0) FROM settled p WHERE p.order_no = o.order_no) <> o.amount)
              AS orders_without_payment,
            (SELECT count(*) FROM payments p JOIN mixed_payments m USING (mixed_no)
              WHERE (p.status = 'HELD' AND m.status <> 'PAYING')
-                OR (m.status = 'SUCCESS' AND p.status <> 'SUCCESS')
+                OR (m.status = 'SUCCESS' AND p.pay_no NOT IN (SELECT pay_no FROM settled))
                 OR (p.status = 'RETURNED' AND (SELECT count(*) FROM asset_ledger l
                                                WHERE l.pay_no = p.pay_no AND l.reason = 'return') <> 1)
                 OR (p.status = 'HELD' AND NOT EXISTS (
@@ -101,9 +111,23 @@ pub async fn audit(pool: &PgPool) -> Result<Audit> {
                      WHERE o.order_no = p.order_no AND o.status = 'PAYING' AND w.mixed_no = p.mixed_no)))
            + (SELECT count(*) FROM mixed_payments m JOIN orders o USING (order_no) WHERE m.amount <> o.amount)
              AS loose_holds,
+           (SELECT count(*) FROM payments p
+             WHERE p.refunded <> (SELECT coalesce(sum(r.amount), 0) FROM refund_parts r
+                                  WHERE r.pay_no = p.pay_no AND r.status = 'SUCCESS'))
+           + (SELECT count(*) FROM orders o
+             WHERE o.refunded <> (SELECT coalesce(sum(r.amount), 0) FROM refunds r
+                                  WHERE r.order_no = o.order_no AND r.status = 'SUCCESS')
+                OR (o.status = 'REFUNDED') <> (o.refunded = o.amount AND o.status <> 'CLOSED')
+                OR (o.status = 'PARTIALLY_REFUNDED') <> (o.refunded > 0 AND o.refunded < o.amount))
+           + (SELECT count(*) FROM refunds r
+             WHERE r.amount <> (SELECT coalesce(sum(p.amount), 0) FROM refund_parts p WHERE p.refund_no = r.refund_no))
+           + (SELECT count(*) FROM refund_parts r LEFT JOIN profit_pay pp ON pp.pay_no = r.part_no
+             WHERE r.status = 'SUCCESS' AND (pp.pay_no IS NULL OR pp.change_money <> r.amount))
+             AS refunds_off,
            (SELECT count(*) FROM balance_daily d FULL JOIN (
                SELECT user_id, shanghai_day(paid_at) AS day, sum(amount) AS paid
-               FROM payments WHERE method = 'balance' AND status IN ('SUCCESS', 'HELD') GROUP BY 1, 2
+               FROM payments WHERE method = 'balance' AND (status = 'HELD' OR pay_no IN (SELECT pay_no FROM settled))
+               GROUP BY 1, 2
              ) p USING (user_id, day)
              WHERE coalesce(d.paid, 0) <> coalesce(p.paid, 0)) AS daily_totals_off",
     )

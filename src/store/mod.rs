@@ -8,6 +8,7 @@ pub mod mixed;
 pub mod orders;
 pub mod outbox;
 pub mod payments;
+pub mod refunds;
 pub mod users;
 pub mod wechat;
 

@@ -204,6 +204,8 @@ pub struct OrderView {
     pub pay_no: Option<String>,
     pub paid_at: Option<OffsetDateTime>,
     pub expires_at: OffsetDateTime,
+    /// Yuan given back by refunds.
+    pub refunded: Money,
     #[sqlx(skip)]
     pub payments: Vec<PaymentDetail>,
 }
@@ -221,7 +223,7 @@ pub async fn find(pool: &PgPool, order_no: &str) -> Result<Option<OrderView>> {
 
 async fn find_where(pool: &PgPool, order_no: &str, user_id: Option<i64>) -> Result<Option<OrderView>> {
     let view: Option<OrderView> = sqlx::query_as(
-        "SELECT order_no, user_id, status, amount, pay_type, pay_no, paid_at, expires_at
+        "SELECT order_no, user_id, status, amount, pay_type, pay_no, paid_at, expires_at, refunded
          FROM orders WHERE order_no = $1 AND ($2::bigint IS NULL OR user_id = $2)",
     )
     .bind(order_no)

@@ -35,7 +35,7 @@ use super::orders::{self, OrderRow};
 use super::outbox::{self, Outgoing};
 use crate::domain::order::check_payable;
 use crate::domain::payment::{Receipt, Refusal};
-use crate::domain::{Asset, Code, Money, OrderStatus, PayMethod, PayType};
+use crate::domain::{Asset, Code, Money, PayMethod, PayType};
 use crate::mq::messages::OrderPaid;
 
 /// One payment to apply.
@@ -309,8 +309,7 @@ pub(super) async fn balance_paid_today(tx: &mut sqlx::PgConnection, user_ids: &[
 /// The order checks of one request, given its locked order (if any) and, for a paid order, the
 /// request that paid it.
 fn decide(payment: &AssetPayment, order: Option<&OrderRow>, paid_by: Option<Uuid>) -> Decision {
-    if order.is_some_and(|o| o.user_id == payment.user_id && o.status == OrderStatus::Paid)
-        && paid_by == Some(payment.request_id)
+    if order.is_some_and(|o| o.user_id == payment.user_id && o.status.was_paid()) && paid_by == Some(payment.request_id)
     {
         return Decision::Replay;
     }
@@ -476,7 +475,7 @@ async fn receipts_by_request(tx: &mut sqlx::PgConnection, request_ids: &[Uuid]) 
     let rows: Vec<ReceiptRow> = sqlx::query_as(
         "SELECT p.request_id, p.pay_no, p.method, p.paid_at AS pay_time, l.balance_after AS remaining
          FROM payments p JOIN asset_ledger l ON l.pay_no = p.pay_no AND l.reason = 'pay'
-         WHERE p.request_id = ANY($1) AND p.status = 'SUCCESS'",
+         WHERE p.request_id = ANY($1) AND p.status IN ('SUCCESS', 'PARTIALLY_REFUNDED', 'REFUNDED')",
     )
     .bind(request_ids)
     .fetch_all(&mut *tx)

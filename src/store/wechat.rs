@@ -301,7 +301,9 @@ pub async fn expire(pool: &PgPool, order_no: &str, checked: Option<&str>) -> Res
         OrderStatus::Unpaid => {}
         OrderStatus::Paying if order.paying_pay_no.as_deref() == checked => {}
         OrderStatus::Paying => return Ok(Expiry::Unchecked),
-        OrderStatus::Paid | OrderStatus::Closed => return Ok(Expiry::Unchanged),
+        OrderStatus::Paid | OrderStatus::PartiallyRefunded | OrderStatus::Refunded | OrderStatus::Closed => {
+            return Ok(Expiry::Unchanged);
+        }
     }
     close_unpaid(&mut tx, &order).await?;
     tx.commit().await?;
@@ -330,7 +332,7 @@ pub async fn cancel(pool: &PgPool, order_no: &str, user_id: i64, checked: Option
         return Ok(Cancelled::Refused(Refusal::new(Code::NotFound, "order not found")));
     };
     match order.status {
-        OrderStatus::Paid => {
+        OrderStatus::Paid | OrderStatus::PartiallyRefunded | OrderStatus::Refunded => {
             return Ok(Cancelled::Refused(Refusal {
                 pay_no: order.pay_no.clone(),
                 ..Refusal::new(Code::OrderPaid, "order already paid; ask for a refund instead")
@@ -542,7 +544,7 @@ async fn apply_trade(
                     ),
                 )));
             }
-            if order.status == OrderStatus::Paid {
+            if order.status.was_paid() {
                 // Paid twice (another method settled it first): the money is real, so the
                 // payment stands and an operator refunds one of them.
                 let raised = Alert::new(

@@ -11,6 +11,7 @@ mod outage;
 mod payments;
 mod properties;
 mod races;
+mod refunds;
 mod settle;
 mod stop;
 mod wechat_e2e;
