@@ -252,7 +252,7 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
         r.field("pay_status") == "PAYING" && !r.data()["wechat_pay_info"]["paySign"].is_null(),
         r.data(),
     );
-    println!("    nobody pays it: in {DEMO_TTL_SECS} s its pay time runs out (step 15)");
+    println!("    nobody pays it: in {DEMO_TTL_SECS} s its pay time runs out (step 16)");
 
     step(6, "order one ticket (10.00) and pay it with balance");
     let order = api.create_order(&token, ticket, 1).await?;
@@ -407,7 +407,32 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
         status.data(),
     );
 
-    step(15, "the unpaid mixed payment of step 5: its pay time runs out, the holds come back");
+    step(15, "an operator refunds 3.00 of step 13's order: integral goes back before balance");
+    let operator = admin.tokens()?.issue_operator("demo-operator");
+    let body = serde_json::json!({ "refund_no": "DEMO-R1", "amount": "3.00", "reason": "one prize out of stock" });
+    let r = api.post(&format!("/admin/v1/orders/{mixed}/refunds"), Some(&operator), &body).await?;
+    show(&r);
+    c.answer("partial refund (operator token)", &r, 200, "SUCCESS");
+    let parts = r.data()["parts"].as_array().cloned().unwrap_or_default();
+    c.expect(
+        "30 points back from the integral part",
+        parts.len() == 1 && parts[0]["method"] == "integral" && parts[0]["asset_amount"] == "30.00",
+        r.data(),
+    );
+    let again = api.post(&format!("/admin/v1/orders/{mixed}/refunds"), Some(&operator), &body).await?;
+    c.expect(
+        "the same refund_no again refunds nothing more",
+        again.status == 200 && again.data()["parts"] == r.data()["parts"],
+        again.body,
+    );
+    let status = api.status(&token, &mixed).await?;
+    c.expect(
+        "the payer sees PARTIALLY_REFUNDED, 3.00",
+        status.field("pay_status") == "PARTIALLY_REFUNDED" && status.field("refunded_amount") == "3.00",
+        status.data(),
+    );
+
+    step(16, "the unpaid mixed payment of step 5: its pay time runs out, the holds come back");
     let closed = wait_status(api, &token, &idle, "CLOSED", Duration::from_secs(DEMO_TTL_SECS + 30)).await?;
     let status = api.status(&token, &idle).await?;
     let parts = part_statuses(&status);
@@ -418,7 +443,7 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
         parts.join(", "),
     );
 
-    step(16, "payment status");
+    step(17, "payment status");
     let r = api.status(&token, &first).await?;
     show(&r);
     c.answer("status", &r, 200, "SUCCESS");
@@ -428,19 +453,23 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
         r.data(),
     );
 
-    step(17, "final balances and the ledger");
+    step(18, "final balances and the ledger");
     let balances = crate::store::users::balances(&admin.db, user).await?.context("the demo user exists")?;
     println!("    balance {}  integral {}  money2 {}", balances.money, balances.integral, balances.money2);
     c.expect(
-        "balances are 72.00 / 850.00 / 13.00",
-        balances == Balances { money: m("72.00"), integral: m("850.00"), money2: m("13.00") },
+        "balances are 72.00 / 880.00 / 13.00",
+        balances == Balances { money: m("72.00"), integral: m("880.00"), money2: m("13.00") },
         format!("{balances:?}"),
     );
     let ledger = ledger_lines(&admin, user).await?;
     for line in &ledger {
         println!("    {line}");
     }
-    c.expect("twelve ledger rows (two holds and their returns among them)", ledger.len() == 12, ledger.len());
+    c.expect(
+        "thirteen ledger rows (two holds, their returns and a refund among them)",
+        ledger.len() == 13,
+        ledger.len(),
+    );
     let audit = crate::store::ledger::audit(&admin.db).await?;
     c.expect("ledger chains, accounts, profit_pay and orders agree", audit.is_clean(), format!("{audit:?}"));
     let relayed = wait_outbox_drained(&admin).await?;
