@@ -30,6 +30,7 @@ CREATE TABLE refund_parts (
     status        TEXT NOT NULL CHECK (status IN ('PROCESSING', 'SUCCESS')),
     UNIQUE (refund_no, pay_no)
 );
+CREATE INDEX refund_parts_pay_idx ON refund_parts (pay_no);
 
 -- What each payment and order gave back: never more than it took, whatever runs at once.
 ALTER TABLE payments ADD COLUMN refunded NUMERIC(12,2) NOT NULL DEFAULT 0;

@@ -93,8 +93,13 @@ async fn refund(
 }
 
 /// GET /admin/v1/orders/{orderNo}/refunds: the order's refunds, oldest first.
-async fn refunds(State(app): State<AppState>, Operator(_): Operator, Path(order_no): Path<String>) -> Result<Response> {
+async fn refunds(
+    State(app): State<AppState>,
+    Operator(operator): Operator,
+    Path(order_no): Path<String>,
+) -> Result<Response> {
     check_order_no(&order_no)?;
+    tracing::info!(operator, order_no, "operator read an order's refunds");
     store::orders::find(&app.db, &order_no).await?.ok_or_else(|| ApiError::not_found("order"))?;
     let refunds = store::refunds::list(&app.db, &order_no).await?;
     Ok(ok("ok", json!({ "order_no": order_no, "refunds": refunds.iter().map(refund_json).collect::<Vec<_>>() })))

@@ -45,7 +45,7 @@ pub struct Audit {
     pub loose_holds: i64,
     /// Refunds whose parts, payments, orders and profit_pay rows do not agree: a payment's or
     /// order's `refunded` not the sum of its refund parts, a refund not the sum of its parts, a
-    /// part without its profit_pay row.
+    /// part without its profit_pay row or its ledger row, a payment's state not its refunded total.
     pub refunds_off: i64,
     /// (user, day) pairs whose `balance_daily` total is not the sum of that day's successful
     /// balance payments (the daily limit would count wrong).
@@ -123,6 +123,14 @@ pub async fn audit(pool: &PgPool) -> Result<Audit> {
              WHERE r.amount <> (SELECT coalesce(sum(p.amount), 0) FROM refund_parts p WHERE p.refund_no = r.refund_no))
            + (SELECT count(*) FROM refund_parts r LEFT JOIN profit_pay pp ON pp.pay_no = r.part_no
              WHERE r.status = 'SUCCESS' AND (pp.pay_no IS NULL OR pp.change_money <> r.amount))
+           + (SELECT count(*) FROM refund_parts r
+             WHERE r.status = 'SUCCESS' AND r.method <> 'wechat' AND NOT EXISTS (
+                 SELECT 1 FROM asset_ledger l
+                 WHERE l.refund_no = r.refund_no AND l.pay_no = r.pay_no AND l.change = r.asset_amount))
+           + (SELECT count(*) FROM payments p
+             WHERE (p.status = 'SUCCESS' AND p.refunded > 0)
+                OR (p.status = 'PARTIALLY_REFUNDED' AND NOT (p.refunded > 0 AND p.refunded < p.amount))
+                OR (p.status = 'REFUNDED' AND p.refunded > 0 AND p.refunded <> p.amount))
              AS refunds_off,
            (SELECT count(*) FROM balance_daily d FULL JOIN (
                SELECT user_id, shanghai_day(paid_at) AS day, sum(amount) AS paid

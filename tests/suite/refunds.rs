@@ -206,6 +206,36 @@ async fn refunds_of_an_unpaid_or_wechat_paid_order_are_refused_and_change_nothin
     }
     assert_eq!(order_state(db, &order).await, ("PAID".into(), m("0")));
     env.audit_is_clean().await;
+
+    // Paid twice: its WeChat trade reported closed (the order payable again), paid with
+    // integral, then WeChat took the money after all. Refunding "the order" would give back the
+    // wrong payment: refused, with what to do.
+    let (user, _) = env.user("0", "100", "0").await;
+    let twice = env.orders(user, goods, 1).await.remove(0);
+    let Begun::Prepay { pay_no, .. } =
+        wechat::begin(db, &create_request(user, &twice), V3, Duration::from_secs(7000)).await.unwrap()
+    else {
+        panic!("a prepay")
+    };
+    wechat::settle(db, &report(&pay_no, TradeState::Closed, 1000, APPID), APPID, MCHID).await.unwrap();
+    let integral = payfleet::store::payments::AssetPayment {
+        request_id: uuid::Uuid::new_v4(),
+        user_id: user,
+        order_no: twice.clone(),
+        method: payfleet::domain::PayMethod::Integral,
+        amount: m("10.00"),
+        asset_amount: m("100"),
+        verified_hash: None,
+        password_required: false,
+        daily_limit: None,
+    };
+    payfleet::store::payments::apply(db, &[integral]).await.unwrap();
+    wechat::settle(db, &report(&pay_no, TradeState::Success, 1000, APPID), APPID, MCHID).await.unwrap();
+    match refunds::create(db, &request(&twice, "T", None)).await.unwrap() {
+        Refunded::Refused(refusal) => assert!(refusal.message.contains("more than once"), "{refusal:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(env.balances(user).await.integral, m("0"), "nothing given back");
 }
 
 proptest! {
@@ -246,4 +276,35 @@ proptest! {
             env.audit_is_clean().await;
         });
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refund_no_for_two_orders_at_once_is_one_refund_and_one_conflict() {
+    let env = TestEnv::new().await;
+    let db = &env.admin.db;
+    let (_, first_order) = a_paid_order(&env).await;
+    let (_, second_order) = a_paid_order(&env).await;
+    let mut first = db.begin().await.unwrap();
+    let made = refunds::create_in(&mut first, &request(&first_order, "SAME", Some(m("1.00")))).await.unwrap();
+    assert!(matches!(made, Refunded::Made(_)), "{made:?}");
+    // The same number for another order, meanwhile: it waits on the number, not on an order.
+    let (pool, order) = (db.clone(), second_order.clone());
+    let second = tokio::spawn(async move { refunds::create(&pool, &request(&order, "SAME", Some(m("1.00")))).await });
+    eventually(Duration::from_secs(10), "the second waits for the first", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(db)
+        .await
+        .unwrap();
+        waiting >= 1
+    })
+    .await;
+    first.commit().await.unwrap();
+    match second.await.unwrap() {
+        Ok(Refunded::Refused(refusal)) => assert_eq!(refusal.code, Code::IdempotencyConflict),
+        other => panic!("a conflict, not an error or a second refund: {other:?}"),
+    }
+    assert_eq!(order_state(db, &second_order).await, ("PAID".into(), m("0")));
+    env.audit_is_clean().await;
 }
