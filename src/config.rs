@@ -19,8 +19,14 @@ const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Keys whose values are secrets: allowed from the environment or a file, never from a config
 /// file.
-const SECRET_KEYS: &[&str] =
-    &["auth.jwt_secret", "pay.password_pepper", "pay.seal_keys", "wechat.api_v3_key", "wechat.api_v2_key"];
+const SECRET_KEYS: &[&str] = &[
+    "auth.jwt_secret",
+    "auth.operator_jwt_secret",
+    "pay.password_pepper",
+    "pay.seal_keys",
+    "wechat.api_v3_key",
+    "wechat.api_v2_key",
+];
 
 /// Why the settings could not be loaded; every message names the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -63,10 +69,14 @@ pub struct Settings {
 /// `development`, and only for secrets the environment does not give.
 pub const DEV_SECRETS_FILE: &str = "target/payfleet-dev.env";
 
-/// The secrets a fleet needs that development can make up: the JWT secret, the pepper and the
-/// seal keys.
-pub const DEV_SECRET_VARS: [&str; 3] =
-    ["PAYFLEET__AUTH__JWT_SECRET", "PAYFLEET__PAY__PASSWORD_PEPPER", "PAYFLEET__PAY__SEAL_KEYS"];
+/// The secrets a fleet needs that development can make up: the JWT secrets (users', operators'),
+/// the pepper and the seal keys.
+pub const DEV_SECRET_VARS: [&str; 4] = [
+    "PAYFLEET__AUTH__JWT_SECRET",
+    "PAYFLEET__AUTH__OPERATOR_JWT_SECRET",
+    "PAYFLEET__PAY__PASSWORD_PEPPER",
+    "PAYFLEET__PAY__SEAL_KEYS",
+];
 
 /// Whether the profile is a development one (no `PAYFLEET_ENV`, or `development`).
 pub fn is_development(profile: Option<&str>) -> bool {
@@ -150,6 +160,14 @@ pub struct AuthSettings {
     jwt_secret_file: Option<PathBuf>,
     /// Lifetime of tokens `payctl token` issues.
     pub token_ttl_secs: u64,
+    /// The operators' own key: their tokens are signed with it alone, so whoever issues user
+    /// tokens cannot issue an operator's. Unset: `/admin/v1/…` is off.
+    #[serde(default)]
+    operator_jwt_secret: Option<SecretString>,
+    #[serde(default)]
+    operator_jwt_secret_file: Option<PathBuf>,
+    /// Lifetime of operator tokens.
+    pub operator_token_ttl_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -498,6 +516,25 @@ impl AuthSettings {
     /// The HS256 key for user tokens; at least 32 bytes.
     pub fn jwt_secret(&self) -> Result<SecretString, ConfigError> {
         resolve_secret("auth.jwt_secret", self.jwt_secret.as_ref(), self.jwt_secret_file.as_deref(), 32)
+    }
+
+    /// The HS256 key for operator tokens, at least 32 bytes; None when it is not set.
+    pub fn operator_jwt_secret(&self) -> Result<Option<SecretString>, ConfigError> {
+        if self.operator_jwt_secret.is_none() && self.operator_jwt_secret_file.is_none() {
+            return Ok(None);
+        }
+        let key = "auth.operator_jwt_secret";
+        resolve_secret(key, self.operator_jwt_secret.as_ref(), self.operator_jwt_secret_file.as_deref(), 32).map(Some)
+    }
+
+    /// Token keys for users and, when configured, operators.
+    pub fn token_keys(&self) -> Result<crate::auth::TokenKeys, ConfigError> {
+        let keys =
+            crate::auth::TokenKeys::new(&self.jwt_secret()?, std::time::Duration::from_secs(self.token_ttl_secs));
+        Ok(match self.operator_jwt_secret()? {
+            Some(secret) => keys.with_operators(&secret, std::time::Duration::from_secs(self.operator_token_ttl_secs)),
+            None => keys,
+        })
     }
 }
 

@@ -408,7 +408,7 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
     );
 
     step(15, "an operator refunds 3.00 of step 13's order: integral goes back before balance");
-    let operator = admin.tokens()?.issue_operator("demo-operator");
+    let operator = admin.tokens()?.issue_operator("demo-operator").context("the demo makes up the operators' key")?;
     let body = serde_json::json!({ "refund_no": "DEMO-R1", "amount": "3.00", "reason": "one prize out of stock" });
     let r = api.post(&format!("/admin/v1/orders/{mixed}/refunds"), Some(&operator), &body).await?;
     show(&r);

@@ -141,7 +141,12 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                 bail!("an operator name is 1 to 64 lowercase letters, digits, '.', '_' or '-'");
             }
             let admin = Admin::connect(&settings)?;
-            println!("{}", admin.tokens()?.issue_operator(&name));
+            let Some(token) = admin.tokens()?.issue_operator(&name) else {
+                bail!(
+                    "operator tokens need their own key: set PAYFLEET__AUTH__OPERATOR_JWT_SECRET (or auth.operator_jwt_secret_file)"
+                );
+            };
+            println!("{token}");
         }
         Command::Token { .. } => bail!("name --user ID or --operator NAME"),
         Command::SmsCode { user } => {
@@ -213,7 +218,7 @@ impl Admin {
     }
 
     pub fn tokens(&self) -> anyhow::Result<TokenKeys> {
-        Ok(TokenKeys::new(&self.settings.auth.jwt_secret()?, Duration::from_secs(self.settings.auth.token_ttl_secs)))
+        Ok(self.settings.auth.token_keys()?)
     }
 
     pub fn passwords(&self) -> anyhow::Result<PasswordHasher> {

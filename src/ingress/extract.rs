@@ -49,6 +49,12 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if !state.tokens.has_operators() {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                "operator routes are off here: set auth.operator_jwt_secret (PAYFLEET__AUTH__OPERATOR_JWT_SECRET)",
+            ));
+        }
         match bearer(parts, state)? {
             Bearer::Operator(name) => Ok(Operator(name)),
             Bearer::User(_) => Err(ApiError::new(Code::Forbidden, "this route needs an operator token")),

@@ -68,10 +68,7 @@ impl AppState {
             db: crate::store::pool(&settings.database)?,
             cache: Cache::new(&settings.redis)?,
             rpc: RpcClient::start(settings.broker.clone(), stop),
-            tokens: Arc::new(TokenKeys::new(
-                &settings.auth.jwt_secret()?,
-                Duration::from_secs(settings.auth.token_ttl_secs),
-            )),
+            tokens: Arc::new(settings.auth.token_keys()?),
             passwords: PasswordHasher::new(settings.pay.password_pepper()?, settings.pay.bcrypt_cost),
             sealer: Sealer::new(settings.pay.seal_keys()?),
             pay: Arc::new(settings.pay.clone()),

@@ -250,7 +250,20 @@ impl Topology {
 
     /// Deletes every queue of this fleet, messages included (tests, bench).
     pub async fn delete(&self, channel: &Channel) -> Result<(), MqError> {
-        for name in self.all_queues() {
+        // The delay queues first (waits and retry tiers): a message whose TTL runs out while its
+        // work queue is already gone would be dead-lettered into a queue being deleted. With
+        // quorum queues on RabbitMQ 3.10 that race was seen to leave the broker answering no
+        // AMQP handshake at all, after tests deleted a fleet whose orders were expiring.
+        let delays: Vec<String> = QUEUES
+            .iter()
+            .flat_map(|q| {
+                let mut names: Vec<String> = q.waits_in.map(|wait| self.queue(wait)).into_iter().collect();
+                names.extend(self.retry_tiers(q.name).into_iter().map(|d| self.retry_queue(q.name, d)));
+                names
+            })
+            .collect();
+        let rest = self.all_queues().into_iter().filter(|name| !delays.contains(name));
+        for name in delays.iter().cloned().chain(rest) {
             channel.queue_delete(ShortString::from(name), QueueDeleteOptions::default()).await?;
         }
         Ok(())

@@ -265,7 +265,7 @@ async fn the_demo_passes_and_payctl_beside_it_uses_its_development_secrets() {
     assert!(demo.status.success(), "the demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&demo.stderr));
     assert!(stdout.contains("demo passed") && stdout.contains("target/payfleet-dev.env"), "{stdout}");
     let secrets = payfleet::config::read_dev_secrets(&dir.join(payfleet::config::DEV_SECRETS_FILE));
-    assert_eq!(secrets.len(), 3, "{secrets:?}");
+    assert_eq!(secrets.len(), payfleet::config::DEV_SECRET_VARS.len(), "{secrets:?}");
 
     // In another terminal, as the README shows: the same secrets, so the token is the fleet's.
     let created = payctl(&["user", "create", "--money", "1.00", "--pay-password", "123456"], None);
@@ -276,6 +276,8 @@ async fn the_demo_passes_and_payctl_beside_it_uses_its_development_secrets() {
     let keys = payfleet::auth::TokenKeys::new(&jwt.clone().into(), Duration::from_secs(60));
     let named = keys.verify(created["token"].as_str().unwrap()).ok();
     assert_eq!(named, created["user_id"].as_i64().map(payfleet::auth::Bearer::User));
+    let operator = payctl(&["token", "--operator", "ops.demo"], None);
+    assert!(operator.status.success(), "{}", String::from_utf8_lossy(&operator.stderr));
     // Never in production settings.
     let refused = payctl(&["token", "--user", "1"], Some("production"));
     assert!(!refused.status.success());

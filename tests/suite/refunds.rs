@@ -47,7 +47,7 @@ async fn an_operator_refunds_a_mixed_order_in_parts_in_the_written_order() {
     });
     let paid = app.api.post("/api/v1/payment/mixed/pay", Some(&token), &body).await.unwrap();
     assert_eq!(paid.field("pay_status"), "SUCCESS", "{:?}", paid.body);
-    let operator = env.admin.tokens().unwrap().issue_operator("ops.bob");
+    let operator = env.admin.tokens().unwrap().issue_operator("ops.bob").unwrap();
     let path = format!("/admin/v1/orders/{order}/refunds");
     let post = |b: serde_json::Value| {
         let (api, path, operator) = (app.api.clone(), path.clone(), operator.clone());

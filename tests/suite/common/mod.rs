@@ -51,6 +51,7 @@ impl TestEnv {
             ("PAYFLEET__BROKER__RETRY_DELAYS_MS", "200,400".into()),
             ("PAYFLEET__REDIS__KEY_PREFIX", format!("t{id}:")),
             ("PAYFLEET__AUTH__JWT_SECRET", secret(32)),
+            ("PAYFLEET__AUTH__OPERATOR_JWT_SECRET", secret(32)),
             ("PAYFLEET__PAY__PASSWORD_PEPPER", secret(16)),
             ("PAYFLEET__PAY__SEAL_KEYS", payfleet::config::SealKeys::generate("t1")),
             ("PAYFLEET__PAY__BCRYPT_COST", "4".into()),
