@@ -7,7 +7,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::trades::{APPID, MCHID, V3, report};
-use common::{TestEnv, eventually, m};
+use common::{TestEnv, m, until_waiting_on_locks};
 use payfleet::channel::{TradeState, TradeType};
 use payfleet::domain::mixed::MixedPart;
 use payfleet::domain::{Code, Money, PayMethod, PaymentStatus};
@@ -371,20 +371,6 @@ async fn cancel_first_returns_the_holds_once_and_the_late_notify_leaves_the_orde
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_notify_first_makes_the_holds_final_and_expiry_and_cancel_change_nothing() {
     race(First::LateNotify).await;
-}
-
-/// Waits until `n` sessions of this test's database wait for a lock.
-async fn until_waiting_on_locks(db: &PgPool, n: i64) {
-    eventually(Duration::from_secs(10), "a transaction waits for the held lock", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(db)
-        .await
-        .unwrap();
-        waiting >= n
-    })
-    .await;
 }
 
 /// The tables the mixed transaction writes, in the order it writes them; a trigger that raises

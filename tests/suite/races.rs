@@ -7,7 +7,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::trades::{APPID, MCHID, V3, create_request, report};
-use common::{TestEnv, eventually, m};
+use common::{TestEnv, m, until_waiting_on_locks};
 use payfleet::channel::{Prepaid, TradeState};
 use payfleet::domain::{Code, PayMethod};
 use payfleet::store::payments::{self, Applied, AssetPayment};
@@ -42,20 +42,6 @@ async fn a_user_and_an_order(env: &TestEnv, integral: &str) -> (i64, String) {
     let (user, _) = env.user("0", integral, "0").await;
     let goods = env.goods("10.00").await;
     (user, env.orders(user, goods, 1).await.remove(0))
-}
-
-/// Waits until `n` sessions of this test's database wait for a lock.
-async fn until_waiting_on_locks(db: &PgPool, n: i64) {
-    eventually(Duration::from_secs(10), "a transaction waits for the held lock", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(db)
-        .await
-        .unwrap();
-        waiting >= n
-    })
-    .await;
 }
 
 async fn order_status(db: &PgPool, order_no: &str) -> (String, Option<String>) {

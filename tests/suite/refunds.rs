@@ -7,7 +7,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::trades::{APPID, MCHID, V3, create_request, report};
-use common::{TestEnv, eventually, m};
+use common::{TestEnv, m, until_waiting_on_locks};
 use payfleet::channel::TradeState;
 use payfleet::domain::{Code, Money};
 use payfleet::store::refunds::{self, RefundRequest, Refunded};
@@ -150,16 +150,7 @@ async fn a_refund_waiting_for_another_sees_what_that_one_gave_back() {
     let (pool, order2) = (db.clone(), order.clone());
     let second =
         tokio::spawn(async move { refunds::create(&pool, &request(&order2, "B", Some(m("7.00")))).await.unwrap() });
-    eventually(Duration::from_secs(10), "the second refund waits", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(db)
-        .await
-        .unwrap();
-        waiting >= 1
-    })
-    .await;
+    until_waiting_on_locks(db, 1).await;
     first.commit().await.unwrap();
     match second.await.unwrap() {
         Refunded::Refused(refusal) => {
@@ -290,16 +281,7 @@ async fn one_refund_no_for_two_orders_at_once_is_one_refund_and_one_conflict() {
     // The same number for another order, meanwhile: it waits on the number, not on an order.
     let (pool, order) = (db.clone(), second_order.clone());
     let second = tokio::spawn(async move { refunds::create(&pool, &request(&order, "SAME", Some(m("1.00")))).await });
-    eventually(Duration::from_secs(10), "the second waits for the first", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(db)
-        .await
-        .unwrap();
-        waiting >= 1
-    })
-    .await;
+    until_waiting_on_locks(db, 1).await;
     first.commit().await.unwrap();
     match second.await.unwrap() {
         Ok(Refunded::Refused(refusal)) => assert_eq!(refusal.code, Code::IdempotencyConflict),

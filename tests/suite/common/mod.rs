@@ -214,6 +214,20 @@ impl InProcess {
     }
 }
 
+/// Waits until `n` sessions of this test's database wait for a lock.
+pub async fn until_waiting_on_locks(db: &sqlx::PgPool, n: i64) {
+    eventually(Duration::from_secs(10), "a transaction waits for the held lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(db)
+        .await
+        .unwrap();
+        waiting >= n
+    })
+    .await;
+}
+
 /// Polls `check` until it holds or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where
