@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::orders::{self, OrderRow};
 use super::outbox::{self, Outgoing};
 use super::payments::{self, LockedUser};
-use super::wechat::{ChannelVersion, MAX_DESCRIPTION_CHARS};
+use super::wechat::{self, ChannelVersion, NewWechatPayment};
 use crate::domain::mixed::{MixedPart, MixedReceipt, PartReceipt};
 use crate::domain::order::check_payable;
 use crate::domain::payment::Refusal;
@@ -180,7 +180,19 @@ pub async fn pay_in(tx: &mut PgConnection, p: &MixedPayment<'_>) -> Result<Mixed
             .zip(&pay_nos)
             .find(|(part, _)| part.method == PayMethod::Wechat)
             .expect("a mixed payment with a WeChat payer has a WeChat part");
-        begin_wechat_part(tx, &order, &mixed_no, part.amount, pay_no, payer, version).await?;
+        // A PAYING payment beside the held parts, the order waiting for it: the expiry check, the
+        // status sync and retries treat it as any WeChat payment.
+        let new = NewWechatPayment {
+            pay_no: Some(pay_no),
+            amount: part.amount,
+            request_id: None,
+            mixed_no: Some(&mixed_no),
+            trade_type: payer.trade_type,
+            openid: payer.openid.as_deref(),
+            client_ip: &payer.client_ip,
+            version,
+        };
+        wechat::begin_payment(tx, &order, &new).await?;
     } else {
         let parts: Vec<(&MixedPart, &str)> =
             internal.iter().map(|(part, _)| *part).zip(internal_nos.iter().copied()).collect();
@@ -297,53 +309,6 @@ async fn take(
             "mixed payment {mixed_no}: {debited}/1 accounts debited, {inserted}/{} parts written",
             internal.len()
         )));
-    }
-    Ok(())
-}
-
-/// The WeChat part: a PAYING payment beside the held parts, and the order waiting for it (so
-/// the expiry check, the status sync and retries treat it as any WeChat payment).
-#[allow(clippy::too_many_arguments)]
-async fn begin_wechat_part(
-    tx: &mut PgConnection,
-    order: &OrderRow,
-    mixed_no: &str,
-    amount: Money,
-    pay_no: &str,
-    payer: &WechatPayer,
-    version: ChannelVersion,
-) -> Result<()> {
-    order.check_becomes(OrderStatus::Paying)?;
-    let (begun, waiting): (i64, i64) = sqlx::query_as(
-        "WITH p AS (
-             INSERT INTO payments (pay_no, order_no, user_id, method, amount, asset_amount, status, mixed_no,
-                                   trade_type, openid, client_ip, description, api_version, sign_type)
-             SELECT $1, $2, $3, 'wechat', $4, $4, 'PAYING', $5, $6, $7, $8, left(g.name, $9), $10, $11
-             FROM goods g WHERE g.id = $12
-             RETURNING 1
-         ), o AS (
-             UPDATE orders SET status = 'PAYING', paying_pay_no = $1, pay_type = 'mixed'
-             WHERE order_no = $2 AND status = 'UNPAID'
-             RETURNING 1
-         )
-         SELECT (SELECT count(*) FROM p), (SELECT count(*) FROM o)",
-    )
-    .bind(pay_no)
-    .bind(&order.order_no)
-    .bind(order.user_id)
-    .bind(amount)
-    .bind(mixed_no)
-    .bind(payer.trade_type)
-    .bind(&payer.openid)
-    .bind(&payer.client_ip)
-    .bind(MAX_DESCRIPTION_CHARS as i32)
-    .bind(version.api_version)
-    .bind(version.sign_type)
-    .bind(order.goods_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    if (begun, waiting) != (1, 1) {
-        return Err(Error::Invariant(format!("mixed payment {mixed_no}: WeChat part {begun}/1, order {waiting}/1")));
     }
     Ok(())
 }
@@ -477,6 +442,12 @@ struct ReturnedRow {
 /// to its asset with a `return` ledger row, the day's balance total gives back a balance part,
 /// and the mixed payment is CLOSED. Parts already returned are not touched: once only.
 pub(super) async fn return_holds(tx: &mut PgConnection, mixed_no: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE mixed_payments SET status = 'CLOSED', closed_at = now() WHERE mixed_no = $1 AND status = 'PAYING'",
+    )
+    .bind(mixed_no)
+    .execute(&mut *tx)
+    .await?;
     // The payments before the user (the lock order): the parts still held, and the user.
     let user_id: Option<i64> = sqlx::query_scalar(
         "SELECT max(user_id) FROM (SELECT user_id FROM payments WHERE mixed_no = $1 AND status = 'HELD' FOR UPDATE) h",
@@ -486,12 +457,6 @@ pub(super) async fn return_holds(tx: &mut PgConnection, mixed_no: &str) -> Resul
     .await?;
     let Some(user_id) = user_id else {
         // Nothing held any more: returned before, or made final.
-        sqlx::query(
-            "UPDATE mixed_payments SET status = 'CLOSED', closed_at = now() WHERE mixed_no = $1 AND status = 'PAYING'",
-        )
-        .bind(mixed_no)
-        .execute(&mut *tx)
-        .await?;
         return Ok(());
     };
     let Some(user) = payments::lock_users(tx, &[user_id]).await?.pop() else {
@@ -504,15 +469,6 @@ pub(super) async fn return_holds(tx: &mut PgConnection, mixed_no: &str) -> Resul
     .bind(mixed_no)
     .fetch_all(&mut *tx)
     .await?;
-    sqlx::query(
-        "UPDATE mixed_payments SET status = 'CLOSED', closed_at = now() WHERE mixed_no = $1 AND status = 'PAYING'",
-    )
-    .bind(mixed_no)
-    .execute(&mut *tx)
-    .await?;
-    if returned.is_empty() {
-        return Ok(());
-    }
     let asset_of = |row: &ReturnedRow| row.method.asset().expect("only internal parts are held");
     let back = |asset: Asset| returned.iter().filter(|r| asset_of(r) == asset).map(|r| r.asset_amount).sum_or_zero();
     let balance_after: Vec<Decimal> = returned

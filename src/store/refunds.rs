@@ -18,7 +18,7 @@ use super::outbox;
 use super::payments;
 use crate::domain::payment::Refusal;
 use crate::domain::refund::{Refundable, Share, allocate};
-use crate::domain::{Asset, Code, Money, OrderStatus, PayMethod};
+use crate::domain::{Asset, Code, Money, PayMethod};
 use crate::mq::messages::OrderRefunded;
 
 /// A refund an operator asks for.
@@ -58,6 +58,7 @@ pub struct RefundView {
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RefundPart {
+    pub refund_no: String,
     pub part_no: String,
     pub pay_no: String,
     pub method: PayMethod,
@@ -215,7 +216,7 @@ async fn write(
     let contents: Vec<String> = shares.iter().map(|s| refund_content(paid[s.index].method)).collect();
     let pay_types: Vec<i16> = shares.iter().map(|s| paid[s.index].method.pay_type()).collect();
 
-    let (refunds, parts, payments_updated, ledger, orders_updated): (i64, i64, i64, i64, i64) = sqlx::query_as(
+    let (refunds, parts, payments_updated, ledger, refunded): (i64, i64, i64, i64, Option<Money>) = sqlx::query_as(
         "WITH i AS (
              SELECT * FROM unnest($5::text[], $6::text[], $7::text[], $8::numeric[], $9::numeric[], $10::text[],
                                   $11::numeric[], $12::text[], $13::smallint[]) WITH ORDINALITY
@@ -247,10 +248,10 @@ async fn write(
              UPDATE orders SET refunded = refunded + $4,
                                status = CASE WHEN refunded + $4 = amount THEN 'REFUNDED' ELSE 'PARTIALLY_REFUNDED' END
              WHERE order_no = $2
-             RETURNING 1
+             RETURNING refunded
          )
          SELECT (SELECT count(*) FROM r), (SELECT count(*) FROM rp), (SELECT count(*) FROM p),
-                (SELECT count(*) FROM l), (SELECT count(*) FROM o)",
+                (SELECT count(*) FROM l), (SELECT refunded FROM o)",
     )
     .bind(r.refund_no)
     .bind(&order.order_no)
@@ -274,16 +275,12 @@ async fn write(
     .fetch_one(&mut *tx)
     .await?;
     let n = shares.len() as i64;
-    if (refunds, parts, payments_updated, ledger, orders_updated) != (1, n, n, n, 1) {
+    let Some(refunded) = refunded.filter(|_| (refunds, parts, payments_updated, ledger) == (1, n, n, n)) else {
         return Err(Error::Invariant(format!(
-            "refund {}: {refunds} refund, {parts}/{n} parts, {payments_updated}/{n} payments, {ledger}/{n} ledger rows, {orders_updated} order",
+            "refund {}: {refunds} refund, {parts}/{n} parts, {payments_updated}/{n} payments, {ledger}/{n} ledger rows, order {refunded:?}",
             r.refund_no
         )));
-    }
-    let refunded = sqlx::query_scalar::<_, Money>("SELECT refunded FROM orders WHERE order_no = $1")
-        .bind(&order.order_no)
-        .fetch_one(&mut *tx)
-        .await?;
+    };
     let event = OrderRefunded {
         order_no: order.order_no.clone(),
         user_id,
@@ -293,7 +290,6 @@ async fn write(
         full: refunded == order.amount,
         reason: r.reason.to_owned(),
     };
-    debug_assert!(order.status.was_paid() && order.status != OrderStatus::Refunded);
     outbox::enqueue(tx, &event).await
 }
 
@@ -317,7 +313,7 @@ async fn find(tx: &mut PgConnection, refund_no: &str) -> Result<Option<RefundVie
 
 async fn parts_of(tx: &mut PgConnection, refund_nos: &[&str]) -> Result<Vec<RefundPart>> {
     Ok(sqlx::query_as(
-        "SELECT part_no, pay_no, method, amount, asset_amount, status FROM refund_parts
+        "SELECT refund_no, part_no, pay_no, method, amount, asset_amount, status FROM refund_parts
          WHERE refund_no = ANY($1) ORDER BY part_no",
     )
     .bind(refund_nos)
@@ -335,8 +331,12 @@ pub async fn list(pool: &PgPool, order_no: &str) -> Result<Vec<RefundView>> {
     .bind(order_no)
     .fetch_all(&mut *conn)
     .await?;
+    let numbers: Vec<&str> = views.iter().map(|v| v.refund_no.as_str()).collect();
+    let mut parts = parts_of(&mut conn, &numbers).await?;
     for view in &mut views {
-        view.parts = parts_of(&mut conn, &[view.refund_no.as_str()]).await?;
+        let (mine, rest) = parts.into_iter().partition(|p| p.refund_no == view.refund_no);
+        view.parts = mine;
+        parts = rest;
     }
     Ok(views)
 }

@@ -24,7 +24,7 @@ use crate::wechat::SignedNotify;
 use crate::wechat::v2::sign::SignType;
 
 /// WeChat takes a description of at most 127 characters.
-pub(super) const MAX_DESCRIPTION_CHARS: usize = 127;
+const MAX_DESCRIPTION_CHARS: usize = 127;
 
 /// What to do for a create request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,34 +122,17 @@ pub async fn begin_in(
     let refuse = |code, message: &str| Ok(Begun::Refused(Refusal::new(code, message)));
     let existing = match existing {
         None => {
-            order.check_becomes(OrderStatus::Paying)?;
-            let (pay_no, description): (String, String) = sqlx::query_as(
-                "WITH p AS (
-                     INSERT INTO payments (pay_no, order_no, user_id, method, amount, asset_amount, status, request_id,
-                                           trade_type, openid, client_ip, description, api_version, sign_type)
-                     SELECT 'WX' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS') || lpad(nextval('pay_no_seq')::text, 10, '0'),
-                            $1, $2, 'wechat', $3, $3, 'PAYING', $4, $5, $6, $7, left(g.name, $8), $9, $10
-                     FROM goods g WHERE g.id = $11
-                     RETURNING pay_no, description
-                 ), o AS (
-                     UPDATE orders SET status = 'PAYING', paying_pay_no = p.pay_no, pay_type = 'wechat'
-                     FROM p WHERE orders.order_no = $1 AND orders.status = 'UNPAID'
-                 )
-                 SELECT pay_no, description FROM p",
-            )
-            .bind(&request.order_no)
-            .bind(order.user_id)
-            .bind(order.amount)
-            .bind(request.request_id)
-            .bind(request.trade_type)
-            .bind(&request.openid)
-            .bind(&request.client_ip)
-            .bind(MAX_DESCRIPTION_CHARS as i32)
-            .bind(version.api_version)
-            .bind(version.sign_type)
-            .bind(order.goods_id)
-            .fetch_one(&mut *tx)
-            .await?;
+            let new = NewWechatPayment {
+                pay_no: None,
+                amount: order.amount,
+                request_id: Some(request.request_id),
+                mixed_no: None,
+                trade_type: request.trade_type,
+                openid: request.openid.as_deref(),
+                client_ip: &request.client_ip,
+                version,
+            };
+            let (pay_no, description) = begin_payment(tx, &order, &new).await?;
             let details =
                 PrepayDetails { description, openid: request.openid.clone(), client_ip: request.client_ip.clone() };
             return Ok(Begun::Prepay { pay_no, expires_at: order.expires_at, details });
@@ -184,6 +167,67 @@ pub async fn begin_in(
             Begun::Prepay { pay_no: existing.pay_no, expires_at: order.expires_at, details }
         }
     })
+}
+
+/// A WeChat payment to begin: a whole order's (made by its create request), or a mixed
+/// payment's WeChat part.
+pub(super) struct NewWechatPayment<'a> {
+    /// None: numbered here (`WX…`).
+    pub pay_no: Option<&'a str>,
+    pub amount: Money,
+    pub request_id: Option<uuid::Uuid>,
+    pub mixed_no: Option<&'a str>,
+    pub trade_type: TradeType,
+    pub openid: Option<&'a str>,
+    pub client_ip: &'a str,
+    pub version: ChannelVersion,
+}
+
+/// Inserts a PAYING WeChat payment and makes the locked UNPAID order wait for it, in one
+/// statement (`pay_type` `wechat`, or `mixed` for a mixed payment's part); answers its number and
+/// description (the goods' name, as WeChat shows it).
+pub(super) async fn begin_payment(
+    tx: &mut PgConnection,
+    order: &OrderRow,
+    new: &NewWechatPayment<'_>,
+) -> Result<(String, String)> {
+    order.check_becomes(OrderStatus::Paying)?;
+    let (pay_no, description, waiting): (String, String, i64) = sqlx::query_as(
+        "WITH p AS (
+             INSERT INTO payments (pay_no, order_no, user_id, method, amount, asset_amount, status, request_id, mixed_no,
+                                   trade_type, openid, client_ip, description, api_version, sign_type)
+             SELECT coalesce($1, 'WX' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS') || lpad(nextval('pay_no_seq')::text, 10, '0')),
+                    $2, $3, 'wechat', $4, $4, 'PAYING', $5, $6, $7, $8, $9, left(g.name, $10), $11, $12
+             FROM goods g WHERE g.id = $13
+             RETURNING pay_no, description
+         ), o AS (
+             UPDATE orders SET status = 'PAYING', paying_pay_no = p.pay_no,
+                               pay_type = CASE WHEN $6::text IS NULL THEN 'wechat' ELSE 'mixed' END
+             FROM p WHERE orders.order_no = $2 AND orders.status = 'UNPAID'
+             RETURNING 1
+         )
+         SELECT pay_no, description, (SELECT count(*) FROM o) FROM p",
+    )
+    .bind(new.pay_no)
+    .bind(&order.order_no)
+    .bind(order.user_id)
+    .bind(new.amount)
+    .bind(new.request_id)
+    .bind(new.mixed_no)
+    .bind(new.trade_type)
+    .bind(new.openid)
+    .bind(new.client_ip)
+    .bind(MAX_DESCRIPTION_CHARS as i32)
+    .bind(new.version.api_version)
+    .bind(new.version.sign_type)
+    .bind(order.goods_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    // The order was locked and checked UNPAID by the caller; if it ever is not, roll back.
+    if waiting != 1 {
+        return Err(Error::Invariant(format!("order {} did not wait for WeChat payment {pay_no}", order.order_no)));
+    }
+    Ok((pay_no, description))
 }
 
 /// Whether a prepay was kept.

@@ -4,8 +4,6 @@
 
 use crate::common;
 
-use std::time::Duration;
-
 use common::trades::{APPID, MCHID, V3, report};
 use common::{TestEnv, m, until_waiting_on_locks};
 use payfleet::channel::{TradeState, TradeType};
@@ -532,12 +530,7 @@ async fn the_owner_cancels_an_unpaid_order_and_only_the_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_mixed_request_is_answered_from_what_it_made_whatever_this_worker_allows() {
-    use futures_util::StreamExt;
-    use lapin::types::AMQPValue;
-    use payfleet::mq::envelope;
     use payfleet::mq::messages::{MixedPayRequested, PayReplied, PayRequested};
-    use payfleet::mq::publisher::Publisher;
-    use payfleet::mq::topology::{PAY_REQUESTS, REPLY_TO, Topology};
 
     let env = TestEnv::new().await;
     let mut app = env.start_in_process().await;
@@ -564,23 +557,10 @@ async fn a_redelivered_mixed_request_is_answered_from_what_it_made_whatever_this
         wechat: None,
         requested_at: time::OffsetDateTime::now_utc(),
     });
-    let conn = payfleet::mq::connect(&env.settings.broker, "test-redelivery").await.unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    let options = lapin::options::BasicConsumeOptions { no_ack: true, ..Default::default() };
-    let mut replies = channel.basic_consume(REPLY_TO.into(), "".into(), options, Default::default()).await.unwrap();
-    let publisher = Publisher::on(channel.clone(), Duration::from_secs(5)).await.unwrap();
-    let properties = envelope::properties("again", "pay_requested", "00-0-0-01")
-        .with_reply_to(REPLY_TO.into())
-        .with_correlation_id("again".into());
-    let properties = envelope::with_header(&properties, envelope::ATTEMPT_HEADER, AMQPValue::LongUInt(1));
-    let queue = Topology::new(&env.settings.broker).queue(PAY_REQUESTS);
-    publisher.publish(&queue, &serde_json::to_vec(&request).unwrap(), properties).await.unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(10), replies.next()).await.unwrap().unwrap().unwrap();
-    match serde_json::from_slice::<PayReplied>(&reply.data).unwrap() {
+    match env.redeliver(&request).await {
         PayReplied::Mixed(receipt) => assert_eq!(receipt.mixed_no, paid.field("pay_no")),
         other => panic!("a paid request answered as refused: {other:?}"),
     }
-    payfleet::mq::close(&conn, &channel).await;
     assert_eq!(env.balances(user).await, Balances { money: m("0"), integral: m("50"), money2: m("5.00") });
     app.stop().await;
 }

@@ -79,7 +79,6 @@ async fn each_asset_pays_and_leaves_its_records() {
         let correlation = m.delivery.properties.correlation_id().as_ref().map(|c| c.to_string()).unwrap_or_default();
         events.insert(event.order_no.clone(), (event, correlation));
     }
-    payfleet::mq::close(&conn, &channel).await;
     let (event, correlation) = &events[&balance_order];
     assert_eq!(correlation, &balance_request);
     assert_eq!((event.amount, event.num, event.user_id), (m("20.00"), 2, user));
@@ -411,12 +410,7 @@ async fn a_request_applied_again_answers_its_own_receipt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_balance_payment_is_answered_from_its_receipt_after_a_password_change() {
-    use futures_util::StreamExt;
-    use lapin::types::AMQPValue;
-    use payfleet::mq::envelope;
     use payfleet::mq::messages::{AssetPayRequested, PayReplied, PayRequested};
-    use payfleet::mq::publisher::Publisher;
-    use payfleet::mq::topology::{PAY_REQUESTS, REPLY_TO, Topology};
 
     let env = TestEnv::new().await;
     let app = env.start_in_process().await;
@@ -450,26 +444,13 @@ async fn a_redelivered_balance_payment_is_answered_from_its_receipt_after_a_pass
         )),
         requested_at: time::OffsetDateTime::now_utc(),
     });
-    let conn = payfleet::mq::connect(&env.settings.broker, "test-redelivery").await.unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    let options = lapin::options::BasicConsumeOptions { no_ack: true, ..Default::default() };
-    let mut replies = channel.basic_consume(REPLY_TO.into(), "".into(), options, Default::default()).await.unwrap();
-    let publisher = Publisher::on(channel.clone(), Duration::from_secs(5)).await.unwrap();
-    let properties = envelope::properties("again", "pay_requested", "00-0-0-01")
-        .with_reply_to(REPLY_TO.into())
-        .with_correlation_id("again".into());
-    let properties = envelope::with_header(&properties, envelope::ATTEMPT_HEADER, AMQPValue::LongUInt(1));
-    let queue = Topology::new(&env.settings.broker).queue(PAY_REQUESTS);
-    publisher.publish(&queue, &serde_json::to_vec(&request).unwrap(), properties).await.unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(10), replies.next()).await.unwrap().unwrap().unwrap();
-    match serde_json::from_slice::<PayReplied>(&reply.data).unwrap() {
+    match env.redeliver(&request).await {
         PayReplied::Paid(receipt) => {
             assert_eq!(receipt.pay_no, paid.field("pay_no"));
             assert_eq!(receipt.remaining, m("6.00"));
         }
         other => panic!("answered from its receipt, not by checking the changed password: {other:?}"),
     }
-    payfleet::mq::close(&conn, &channel).await;
     assert_eq!(env.balances(user).await.money, m("6.00"));
     app.stop().await;
 }

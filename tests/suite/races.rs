@@ -6,7 +6,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::trades::{APPID, MCHID, V3, create_request, report};
+use common::trades::{APPID, MCHID, V3, create_request, integral_payment, report};
 use common::{TestEnv, m, until_waiting_on_locks};
 use payfleet::channel::{Prepaid, TradeState};
 use payfleet::domain::{Code, PayMethod};
@@ -15,20 +15,6 @@ use payfleet::store::wechat::{self, Begun, Expiry, Recorded, Settlement};
 use sqlx::PgPool;
 
 const VALID: Duration = Duration::from_secs(7000);
-
-fn integral_payment(user: i64, order_no: &str) -> AssetPayment {
-    AssetPayment {
-        request_id: uuid::Uuid::new_v4(),
-        user_id: user,
-        order_no: order_no.to_owned(),
-        method: PayMethod::Integral,
-        amount: m("10.00"),
-        asset_amount: m("100"),
-        verified_hash: None,
-        password_required: false,
-        daily_limit: None,
-    }
-}
 
 /// Applies one payment in a transaction of its own, in the background (it will wait on a lock
 /// the test holds).

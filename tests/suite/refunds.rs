@@ -6,7 +6,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::trades::{APPID, MCHID, V3, create_request, report};
+use common::trades::{APPID, MCHID, V3, create_request, integral_payment, report};
 use common::{TestEnv, m, until_waiting_on_locks};
 use payfleet::channel::TradeState;
 use payfleet::domain::{Code, Money};
@@ -121,18 +121,7 @@ async fn an_operator_refunds_a_mixed_order_in_parts_in_the_written_order() {
 async fn a_paid_order(env: &TestEnv) -> (i64, String) {
     let (user, _) = env.user("0", "100", "0").await;
     let order = env.orders(user, env.goods("10.00").await, 1).await.remove(0);
-    let payment = payfleet::store::payments::AssetPayment {
-        request_id: uuid::Uuid::new_v4(),
-        user_id: user,
-        order_no: order.clone(),
-        method: payfleet::domain::PayMethod::Integral,
-        amount: m("10.00"),
-        asset_amount: m("100"),
-        verified_hash: None,
-        password_required: false,
-        daily_limit: None,
-    };
-    payfleet::store::payments::apply(&env.admin.db, &[payment]).await.unwrap();
+    payfleet::store::payments::apply(&env.admin.db, &[integral_payment(user, &order)]).await.unwrap();
     (user, order)
 }
 
@@ -209,18 +198,7 @@ async fn refunds_of_an_unpaid_or_wechat_paid_order_are_refused_and_change_nothin
         panic!("a prepay")
     };
     wechat::settle(db, &report(&pay_no, TradeState::Closed, 1000, APPID), APPID, MCHID).await.unwrap();
-    let integral = payfleet::store::payments::AssetPayment {
-        request_id: uuid::Uuid::new_v4(),
-        user_id: user,
-        order_no: twice.clone(),
-        method: payfleet::domain::PayMethod::Integral,
-        amount: m("10.00"),
-        asset_amount: m("100"),
-        verified_hash: None,
-        password_required: false,
-        daily_limit: None,
-    };
-    payfleet::store::payments::apply(db, &[integral]).await.unwrap();
+    payfleet::store::payments::apply(db, &[integral_payment(user, &twice)]).await.unwrap();
     wechat::settle(db, &report(&pay_no, TradeState::Success, 1000, APPID), APPID, MCHID).await.unwrap();
     match refunds::create(db, &request(&twice, "T", None)).await.unwrap() {
         Refunded::Refused(refusal) => assert!(refusal.message.contains("more than once"), "{refusal:?}"),

@@ -14,6 +14,8 @@ use payfleet::ctl::Admin;
 use payfleet::ctl::client::ApiClient;
 use payfleet::ctl::fleet::{Fleet, Logs};
 use payfleet::domain::{GoodsKind, Money};
+use payfleet::mq::envelope;
+use payfleet::mq::messages::{PayReplied, PayRequested};
 use payfleet::mq::topology::Topology;
 use payfleet::store::users::Balances;
 use tokio_util::sync::CancellationToken;
@@ -139,6 +141,28 @@ impl TestEnv {
         let log =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-logs").join(format!("{test}-{}.log", self.id));
         Fleet::new(bin_dir, self.env.clone(), Logs::file(&log).unwrap())
+    }
+
+    /// Publishes a pay request to this test's `pay.requests` as a retry tier sends it again
+    /// (attempt 1), and answers the pay-worker's reply.
+    pub async fn redeliver(&self, request: &PayRequested) -> PayReplied {
+        use futures_util::StreamExt;
+        use payfleet::mq::topology::{PAY_REQUESTS, REPLY_TO};
+        let conn = payfleet::mq::connect(&self.settings.broker, "test-redelivery").await.unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let options = lapin::options::BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let mut replies = channel.basic_consume(REPLY_TO.into(), "".into(), options, Default::default()).await.unwrap();
+        let publisher = payfleet::mq::publisher::Publisher::on(channel.clone(), Duration::from_secs(5)).await.unwrap();
+        let properties = envelope::properties("again", "pay_requested", "00-0-0-01")
+            .with_reply_to(REPLY_TO.into())
+            .with_correlation_id("again".into());
+        let properties =
+            envelope::with_header(&properties, envelope::ATTEMPT_HEADER, lapin::types::AMQPValue::LongUInt(1));
+        let queue = Topology::new(&self.settings.broker).queue(PAY_REQUESTS);
+        publisher.publish(&queue, &serde_json::to_vec(request).unwrap(), properties).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(10), replies.next()).await.unwrap().unwrap().unwrap();
+        payfleet::mq::close(&conn, &channel).await;
+        serde_json::from_slice(&reply.data).unwrap()
     }
 
     /// How many messages wait in one of this test's queues.

@@ -2,7 +2,9 @@
 //! create request, and a trade as WeChat would report it.
 
 use payfleet::channel::{Trade, TradeState, TradeType};
+use payfleet::domain::PayMethod;
 use payfleet::mq::messages::{TradeReported, TradeSource, WechatCreateRequested};
+use payfleet::store::payments::AssetPayment;
 use payfleet::store::wechat::ChannelVersion;
 
 use super::m;
@@ -24,6 +26,21 @@ pub fn create_request(user: i64, order_no: &str) -> WechatCreateRequested {
         openid: Some("oPayer".into()),
         client_ip: "127.0.0.1".into(),
         requested_at: time::OffsetDateTime::now_utc(),
+    }
+}
+
+/// A 10.00 integral payment (100 points) of an order, as the pay-worker hands it to the store.
+pub fn integral_payment(user: i64, order_no: &str) -> AssetPayment {
+    AssetPayment {
+        request_id: uuid::Uuid::new_v4(),
+        user_id: user,
+        order_no: order_no.to_owned(),
+        method: PayMethod::Integral,
+        amount: m("10.00"),
+        asset_amount: m("100"),
+        verified_hash: None,
+        password_required: false,
+        daily_limit: None,
     }
 }
 
