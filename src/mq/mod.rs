@@ -34,7 +34,15 @@ pub enum MqError {
     /// The fleet has no broker session right now (reconnecting).
     #[error("not connected to the broker")]
     NotConnected,
+    /// The broker took the TCP connection but did not finish the AMQP handshake in time (a
+    /// broker overloaded or wedged answers this way rather than refusing).
+    #[error("the broker did not complete the handshake within {0:?}")]
+    HandshakeTimeout(Duration),
 }
+
+/// How long one connection attempt may take, the AMQP handshake included. Without a bound, a
+/// broker that accepts TCP but never answers would hold a binary (or `payctl`) forever.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Closes a channel, then its connection. (Closing only the connection leaves lapin to close
 /// the channel as it is dropped, racing the connection's own close and logging a spurious
@@ -47,7 +55,10 @@ pub async fn close(conn: &Connection, channel: &lapin::Channel) {
 /// One connection attempt.
 pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Connection, MqError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Ok(Connection::connect(settings.url.expose_secret(), properties).await?)
+    tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(settings.url.expose_secret(), properties))
+        .await
+        .map_err(|_| MqError::HandshakeTimeout(CONNECT_TIMEOUT))?
+        .map_err(MqError::from)
 }
 
 /// The delays between reconnection attempts: quick at first, then every few seconds.

@@ -505,6 +505,7 @@ async fn mixed_payments_over_http_pay_refuse_and_show_their_parts() {
     let r = app.api.post(&format!("/api/v1/payment/{order}/cancel"), Some(&token), &json!({})).await.unwrap();
     assert_eq!(r.code(), "ORDERPAID", "{:?}", r.body);
     env.audit_is_clean().await;
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -526,6 +527,7 @@ async fn the_owner_cancels_an_unpaid_order_and_only_the_owner() {
     let r = app.api.pay_balance(&token, &order, "10.00", "123456").await.unwrap();
     assert_eq!(r.code(), "ORDERCLOSED", "{:?}", r.body);
     assert_eq!(app.api.status(&token, &order).await.unwrap().field("pay_status"), "CLOSED");
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -645,7 +645,9 @@ async fn balance_pay_without_a_password_when_the_rules_say_so() {
     let bare = json!({ "order_no": order, "amount": "10.00" });
     let r = app.api.post("/api/v1/payment/balance/pay", Some(&token), &bare).await.unwrap();
     assert_eq!((r.status, r.code()), (422, "VALIDATION"), "{:?}", r.body);
-    drop(app);
+    // Stopped before its environment goes: a worker still running would declare the deleted
+    // queues again.
+    app.stop().await;
     drop(env);
 
     // `pay.balance.require_password = false`: neither asks for it (one sent is not checked).
@@ -666,4 +668,5 @@ async fn balance_pay_without_a_password_when_the_rules_say_so() {
     assert_eq!((r.status, r.field("remaining_balance")), (200, "35.00"), "{:?}", r.body);
     assert_eq!(env.balances(user).await, Balances { money: m("35.00"), integral: m("50"), money2: m("0") });
     env.audit_is_clean().await;
+    app.stop().await;
 }

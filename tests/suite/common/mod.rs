@@ -238,6 +238,19 @@ impl InProcess {
     }
 }
 
+/// A test that ends without `stop` (it failed, say) must not leave its ingress and worker
+/// running: the worker would declare the test's queues again while `TestEnv` deletes them, and
+/// RabbitMQ 3.10 was seen to stop answering handshakes at all after such a race.
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.ingress_task.abort();
+        if let Some(task) = &self.worker_task {
+            task.abort();
+        }
+    }
+}
+
 /// Waits until `n` sessions of this test's database wait for a lock.
 pub async fn until_waiting_on_locks(db: &sqlx::PgPool, n: i64) {
     eventually(Duration::from_secs(10), "a transaction waits for the held lock", || async {
