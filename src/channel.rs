@@ -163,3 +163,67 @@ pub enum ChannelError {
     #[error("channel answer failed verification: {0}")]
     Forged(String),
 }
+
+/// A refund to ask the channel for: part of a paid trade given back to the payer.
+#[derive(Clone, Debug)]
+pub struct RefundOrder {
+    /// The paid trade (`out_trade_no`).
+    pub out_trade_no: String,
+    /// Our number for this refund at the channel: asking again with it is the same refund.
+    pub out_refund_no: String,
+    pub refund: Money,
+    /// What the trade took, as the channel has it.
+    pub total: Money,
+    pub reason: String,
+}
+
+/// Where a refund stands at the channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RefundState {
+    /// Accepted, not paid out yet.
+    Processing,
+    /// The payer has the money back.
+    Success,
+    /// The money left the merchant but could not reach the payer (a closed bank card, say):
+    /// someone has to see to it.
+    Abnormal,
+    /// The refund was given up: the money stayed with the merchant.
+    Closed,
+}
+
+impl RefundState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundState::Processing => "PROCESSING",
+            RefundState::Success => "SUCCESS",
+            RefundState::Abnormal => "ABNORMAL",
+            RefundState::Closed => "CLOSED",
+        }
+    }
+
+    /// v3's `refund_status`, or v2's (`CHANGE` is v2's abnormal, `REFUNDCLOSE` its closed).
+    pub fn parse(s: &str) -> Option<RefundState> {
+        match s {
+            "PROCESSING" => Some(RefundState::Processing),
+            "SUCCESS" => Some(RefundState::Success),
+            "ABNORMAL" | "CHANGE" => Some(RefundState::Abnormal),
+            "CLOSED" | "REFUNDCLOSE" => Some(RefundState::Closed),
+            _ => None,
+        }
+    }
+}
+
+/// A refund as the channel reports it (refund answer, query or notify), across API versions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRefund {
+    pub out_trade_no: String,
+    pub out_refund_no: String,
+    /// The channel's own number of the refund.
+    pub refund_id: Option<String>,
+    pub state: RefundState,
+    /// What is given back, in fen.
+    pub refund_fen: i64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub success_time: Option<OffsetDateTime>,
+}

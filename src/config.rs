@@ -306,10 +306,15 @@ pub struct WechatSettings {
     pub mp_api_base: String,
     /// Where WeChat sends pay notifies: this fleet's ingress, reachable from WeChat.
     pub notify_url: String,
+    /// Where WeChat sends the notifies of our refunds (`…/api/v1/payment/wechat/refund-notify`).
+    pub refund_notify_url: String,
     /// v2: `MD5` or `HMAC-SHA256`.
     pub v2_sign_type: String,
     api_v2_key: Option<SecretString>,
     api_v2_key_file: Option<PathBuf>,
+    /// v2: the merchant API certificate and its private key in one PEM file (from
+    /// `apiclient_cert.p12`), presented on `/secapi/…` calls (refunds).
+    pub v2_client_cert_file: Option<PathBuf>,
     api_v3_key: Option<SecretString>,
     api_v3_key_file: Option<PathBuf>,
     /// v3: the merchant API certificate's serial number.

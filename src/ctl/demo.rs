@@ -199,7 +199,10 @@ async fn play(settings: &Settings, fleet: &mut Fleet) -> anyhow::Result<(Checks,
         fleet::PAY_WORKER,
         &[("PAYFLEET__WECHAT__NOTIFY_URL", &format!("{url}/api/v1/payment/wechat/notify"))],
     )?;
-    fleet.spawn(fleet::NOTIFY_WORKER, &[])?;
+    fleet.spawn(
+        fleet::NOTIFY_WORKER,
+        &[("PAYFLEET__WECHAT__REFUND_NOTIFY_URL", &format!("{url}/api/v1/payment/wechat/refund-notify"))],
+    )?;
     let api = ApiClient::new(&url);
     api.wait_ready(Duration::from_secs(30)).await.context("waiting for /readyz")?;
     println!("    ingress ready at {url}, wechat-sim at {sim_url}");
@@ -432,7 +435,30 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
         status.data(),
     );
 
-    step(16, "the unpaid mixed payment of step 5: its pay time runs out, the holds come back");
+    step(16, "an operator refunds 4.00 of step 12's WeChat order: through WeChat, settled by its refund notify");
+    let body = serde_json::json!({ "refund_no": "DEMO-R2", "amount": "4.00", "reason": "shipping was late" });
+    let r = api.post(&format!("/admin/v1/orders/{sixth}/refunds"), Some(&operator), &body).await?;
+    show(&r);
+    c.answer("partial refund of a WeChat payment", &r, 200, "SUCCESS");
+    c.expect("PROCESSING until WeChat pays it out", r.field("status") == "PROCESSING", r.data());
+    let settled = wait_refund(api, &operator, &sixth, "DEMO-R2", Duration::from_secs(15)).await?;
+    c.expect("the refund notify settled it", settled.as_deref() == Some("SUCCESS"), format!("{settled:?}"));
+    let records: Vec<serde_json::Value> =
+        http.get(format!("{sim_url}/sim/records?out_trade_no={pay_no}")).send().await?.json().await?;
+    for record in records.iter().filter(|r| r["detail"].as_str().is_some_and(|d| d.starts_with("refund"))) {
+        println!(
+            "    wechat-sim: {} {} → HTTP {} ({})",
+            record["kind"], record["endpoint"], record["status"], record["detail"]
+        );
+    }
+    let status = api.status(&token, &sixth).await?;
+    c.expect(
+        "the payer sees PARTIALLY_REFUNDED, 4.00",
+        status.field("pay_status") == "PARTIALLY_REFUNDED" && status.field("refunded_amount") == "4.00",
+        status.data(),
+    );
+
+    step(17, "the unpaid mixed payment of step 5: its pay time runs out, the holds come back");
     let closed = wait_status(api, &token, &idle, "CLOSED", Duration::from_secs(DEMO_TTL_SECS + 30)).await?;
     let status = api.status(&token, &idle).await?;
     let parts = part_statuses(&status);
@@ -443,7 +469,7 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
         parts.join(", "),
     );
 
-    step(17, "payment status");
+    step(18, "payment status");
     let r = api.status(&token, &first).await?;
     show(&r);
     c.answer("status", &r, 200, "SUCCESS");
@@ -453,7 +479,7 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
         r.data(),
     );
 
-    step(18, "final balances and the ledger");
+    step(19, "final balances and the ledger");
     let balances = crate::store::users::balances(&admin.db, user).await?.context("the demo user exists")?;
     println!("    balance {}  integral {}  money2 {}", balances.money, balances.integral, balances.money2);
     c.expect(
@@ -523,6 +549,29 @@ async fn wait_status(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(false)
+}
+
+/// Waits until the refund is no longer PROCESSING; answers its status (None: not listed).
+async fn wait_refund(
+    api: &ApiClient,
+    operator: &str,
+    order_no: &str,
+    refund_no: &str,
+    within: Duration,
+) -> anyhow::Result<Option<String>> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let listed = api.get(&format!("/admin/v1/orders/{order_no}/refunds"), Some(operator)).await?;
+        let status = listed.data()["refunds"]
+            .as_array()
+            .and_then(|all| all.iter().find(|r| r["refund_no"] == refund_no))
+            .and_then(|r| r["status"].as_str())
+            .map(str::to_owned);
+        if status.as_deref() != Some("PROCESSING") || tokio::time::Instant::now() >= deadline {
+            return Ok(status);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 async fn ledger_lines(admin: &Admin, user: i64) -> anyhow::Result<Vec<String>> {

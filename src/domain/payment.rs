@@ -100,11 +100,11 @@ pub enum AlertKind {
     UnknownTrade,
     /// A report WeChat does not stand behind (its signature fails, WeChat has no such trade).
     UnconfirmedReport,
-    /// WeChat took the money after the order closed: the order is paid.
+    /// WeChat took the money after the order closed: refunded in full, the order stays closed.
     PaidAfterClose,
     /// WeChat took the money after reporting the trade closed: the order is paid.
     PaidAfterFailure,
-    /// A second payment of a paid order: refund one.
+    /// A second payment of a paid order: refunded in full.
     DoublePayment,
     /// Paid and refunded at WeChat before it settled here: the order stays unpaid.
     RefundedUnsettled,
@@ -112,6 +112,12 @@ pub enum AlertKind {
     RefundedOutside,
     /// A SUCCESS report for a payment WeChat reported refunded before: not settled.
     SuccessAfterRefund,
+    /// A refund's money left the merchant but did not reach the payer: see to it at WeChat.
+    RefundAbnormal,
+    /// WeChat gave a refund up (or refused it): nothing went back; refund again if still owed.
+    RefundClosed,
+    /// A refund report naming no refund of ours, or another trade or amount than ours.
+    UnknownRefund,
 }
 
 impl AlertKind {
@@ -127,6 +133,9 @@ impl AlertKind {
             AlertKind::RefundedUnsettled => "refunded_unsettled",
             AlertKind::RefundedOutside => "refunded_outside",
             AlertKind::SuccessAfterRefund => "success_after_refund",
+            AlertKind::RefundAbnormal => "refund_abnormal",
+            AlertKind::RefundClosed => "refund_closed",
+            AlertKind::UnknownRefund => "unknown_refund",
         }
     }
 }

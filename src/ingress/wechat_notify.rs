@@ -1,5 +1,6 @@
-//! WeChat's pay notifies (POST /api/v1/payment/wechat/notify): verified here, published to
-//! `wechat.notify` with a publisher confirm, and only then answered success; the notify-worker
+//! WeChat's notifies: pay notifies (POST /api/v1/payment/wechat/notify) and refund notifies
+//! (POST /api/v1/payment/wechat/refund-notify), verified here, published to `wechat.notify` and
+//! `wechat.refund` with a publisher confirm, and only then answered success; the notify-worker
 //! verifies them again before settling.
 
 use std::time::Duration;
@@ -16,10 +17,10 @@ use time::OffsetDateTime;
 use super::AppState;
 use crate::config::WechatApiVersion;
 use crate::domain::Code;
-use crate::mq::messages::{TradeReported, TradeSource};
+use crate::mq::messages::{RefundWork, TradeReported, TradeSource};
 use crate::mq::rpc::Outgoing;
 use crate::wechat::v3::crypto::SignedHeaders;
-use crate::wechat::{Notified, SignedNotify};
+use crate::wechat::{Notified, RefundNotified, SignedNotify};
 
 /// How long a v3 notify nonce stays claimed: longer than the five-minute timestamp window, so
 /// a replay is refused by one or the other.
@@ -53,14 +54,7 @@ async fn notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
         tracing::warn!(error = %e, "refused a WeChat notify");
         notify_answer(xml, StatusCode::UNAUTHORIZED, Code::SignError.as_str(), &format!("notify refused: {e}"))
     };
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let signed_headers = SignedHeaders {
-        timestamp: get("wechatpay-timestamp"),
-        nonce: get("wechatpay-nonce"),
-        signature: get("wechatpay-signature"),
-        serial: get("wechatpay-serial"),
-    };
-    let signed = match SignedNotify::received(signed_headers, &body) {
+    let signed = match SignedNotify::received(signed_headers(&headers), &body) {
         Ok(signed) => signed,
         Err(e) => return refused(&e),
     };
@@ -75,34 +69,17 @@ async fn notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let verified = match wechat.verify_notify(&signed, Some(now), sign_type) {
         Ok(Notified::Trade(verified)) => verified,
-        Ok(Notified::Other { id, event_type }) => {
+        Ok(Notified::Other { id, event_type } | Notified::Refund(RefundNotified { id, event_type, .. })) => {
             // Genuine, but no payment: answered as received, so WeChat does not send it for a
-            // day; nothing here settles from it.
+            // day; nothing here settles from it (refunds report to the refund-notify URL).
             tracing::warn!(notify_id = %id, %event_type, "a WeChat notify that is not a payment reached the pay-notify URL; ignored");
             return notify_answer(xml, StatusCode::OK, "SUCCESS", &format!("{event_type} is not handled at this URL"));
         }
         Err(e) => return refused(&e),
     };
-    let version = signed.api_version();
-    let ttl = if version == WechatApiVersion::V3 { V3_NONCE_TTL } else { V2_NONCE_TTL };
     let Some(replay_key) = signed.replay_key() else { return refused(&"the notify has no nonce") };
-    match app.cache.notify_seen(&replay_key).await {
-        Ok(false) => {}
-        // v3: WeChat signs every delivery afresh, so a nonce seen before is a replay.
-        Ok(true) if version == WechatApiVersion::V3 => {
-            tracing::warn!(notify_id = %verified.id, replay_key, "refused a replayed WeChat notify");
-            return refused(&"replayed nonce");
-        }
-        // v2: WeChat sends the same notify again byte for byte, and wants SUCCESS for a duplicate;
-        // a replay looks the same. Either way it was queued once: answered, never queued again.
-        Ok(true) => {
-            tracing::info!(notify_id = %verified.id, replay_key, "a v2 notify queued before: answered, not queued again");
-            return notify_answer(xml, StatusCode::OK, "SUCCESS", "OK");
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot check the notify nonce; asking WeChat to send it again");
-            return notify_answer(xml, StatusCode::SERVICE_UNAVAILABLE, "FAIL", "try again later");
-        }
+    if let Err(answer) = claim(&app, &signed, &replay_key, &verified.id).await {
+        return answer;
     }
     let report = TradeReported {
         source: TradeSource::Notify,
@@ -110,29 +87,116 @@ async fn notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
         event_type: verified.event_type.clone(),
         trade: verified.trade.clone(),
         raw: String::from_utf8_lossy(&body).into_owned(),
-        signed: Some(signed),
+        signed: Some(signed.clone()),
     };
     let payload = serde_json::to_vec(&report).expect("a report serialises");
+    let about = &verified.trade.out_trade_no;
+    queue::<TradeReported>(&app, &signed, (&replay_key, &verified.id, about), &payload).await
+}
+
+/// POST /api/v1/payment/wechat/refund-notify: a refund's progress (v3 `REFUND.*`, verified like
+/// a pay notify; v2 with its encrypted `req_info`), queued for the notify-worker's refunds.
+async fn refund_notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let xml = SignedNotify::is_xml(&body);
+    let Some(wechat) = &app.wechat else {
+        tracing::error!("a WeChat refund notify arrived but WeChat Pay is not configured");
+        return notify_answer(xml, StatusCode::SERVICE_UNAVAILABLE, "FAIL", "WeChat Pay is not configured");
+    };
+    let refused = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "refused a WeChat refund notify");
+        notify_answer(xml, StatusCode::UNAUTHORIZED, Code::SignError.as_str(), &format!("notify refused: {e}"))
+    };
+    let signed = match SignedNotify::received(signed_headers(&headers), &body) {
+        Ok(signed) => signed,
+        Err(e) => return refused(&e),
+    };
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let notified = match wechat.verify_refund_notify(&signed, Some(now)) {
+        Ok(notified) => notified,
+        Err(e) => return refused(&e),
+    };
+    let Some(replay_key) = signed.refund_replay_key() else { return refused(&"the notify has no nonce") };
+    if let Err(answer) = claim(&app, &signed, &replay_key, &notified.id).await {
+        return answer;
+    }
+    let work = RefundWork::Reported { report_id: notified.id.clone(), signed: signed.clone() };
+    let payload = serde_json::to_vec(&work).expect("a refund report serialises");
+    let about = &notified.refund.out_refund_no;
+    queue::<RefundWork>(&app, &signed, (&replay_key, &notified.id, about), &payload).await
+}
+
+/// The `Wechatpay-*` headers of a notify.
+fn signed_headers(headers: &HeaderMap) -> SignedHeaders {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    SignedHeaders {
+        timestamp: get("wechatpay-timestamp"),
+        nonce: get("wechatpay-nonce"),
+        signature: get("wechatpay-signature"),
+        serial: get("wechatpay-serial"),
+    }
+}
+
+/// Whether a verified notify is new: Err is the answer to give WeChat instead of queueing it.
+async fn claim(app: &AppState, signed: &SignedNotify, replay_key: &str, id: &str) -> Result<(), Response> {
+    let xml = signed.api_version() == WechatApiVersion::V2;
+    match app.cache.notify_seen(replay_key).await {
+        Ok(false) => Ok(()),
+        // v3: WeChat signs every delivery afresh, so a nonce seen before is a replay.
+        Ok(true) if !xml => {
+            tracing::warn!(notify_id = %id, replay_key, "refused a replayed WeChat notify");
+            Err(notify_answer(
+                xml,
+                StatusCode::UNAUTHORIZED,
+                Code::SignError.as_str(),
+                "notify refused: replayed nonce",
+            ))
+        }
+        // v2: WeChat sends the same notify again byte for byte, and wants SUCCESS for a duplicate;
+        // a replay looks the same. Either way it was queued once: answered, never queued again.
+        Ok(true) => {
+            tracing::info!(notify_id = %id, replay_key, "a v2 notify queued before: answered, not queued again");
+            Err(notify_answer(xml, StatusCode::OK, "SUCCESS", "OK"))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check the notify nonce; asking WeChat to send it again");
+            Err(notify_answer(xml, StatusCode::SERVICE_UNAVAILABLE, "FAIL", "try again later"))
+        }
+    }
+}
+
+/// Publishes a verified notify to its queue and answers WeChat: success only once the broker
+/// confirmed it. `(replay key, notify id, the payment or refund it is about)`.
+async fn queue<E: crate::mq::messages::Event>(
+    app: &AppState,
+    signed: &SignedNotify,
+    (replay_key, id, about): (&str, &str, &str),
+    payload: &[u8],
+) -> Response {
+    let version = signed.api_version();
+    let xml = version == WechatApiVersion::V2;
+    let ttl = if xml { V2_NONCE_TTL } else { V3_NONCE_TTL };
     let message_id = uuid::Uuid::now_v7();
-    let (id, traceparent) = (message_id.to_string(), crate::mq::envelope::traceparent_for(message_id));
-    let out = Outgoing::event::<TradeReported>(&id, &traceparent, &payload);
+    let (message, traceparent) = (message_id.to_string(), crate::mq::envelope::traceparent_for(message_id));
+    let out = Outgoing::event::<E>(&message, &traceparent, payload);
     match app.rpc.publish(&out).await {
         Ok(()) => {
-            tracing::info!(notify_id = %verified.id, out_trade_no = %verified.trade.out_trade_no, "WeChat notify accepted");
+            tracing::info!(notify_id = %id, about, queue = E::QUEUE, "WeChat notify accepted");
             // Remembered only now it is queued, so a notify that failed to queue is taken when
             // WeChat resends it. Two copies at once may both be queued; settling is idempotent.
-            if let Err(e) = app.cache.remember_notify(&replay_key, ttl).await {
+            if let Err(e) = app.cache.remember_notify(replay_key, ttl).await {
                 tracing::warn!(error = %e, replay_key, "notify queued, but its nonce could not be kept: a replay of it would be queued again");
             }
             notify_answer(xml, StatusCode::OK, "SUCCESS", if xml { "OK" } else { "成功" })
         }
         Err(e) => {
-            tracing::warn!(error = %e, notify_id = %verified.id, "cannot queue a WeChat notify; WeChat will send it again");
+            tracing::warn!(error = %e, notify_id = %id, "cannot queue a WeChat notify; WeChat will send it again");
             notify_answer(xml, StatusCode::SERVICE_UNAVAILABLE, "FAIL", "try again later")
         }
     }
 }
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/payment/wechat/notify", post(notify))
+    Router::new()
+        .route("/api/v1/payment/wechat/notify", post(notify))
+        .route("/api/v1/payment/wechat/refund-notify", post(refund_notify))
 }

@@ -44,6 +44,23 @@ impl Event for OrderPaid {
     const KIND: &'static str = "order_paid";
 }
 
+impl Event for RefundWork {
+    const QUEUE: &'static str = topology::WECHAT_REFUND;
+    const KIND: &'static str = "wechat_refund";
+}
+
+/// Work on a refund through WeChat, for the notify-worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RefundWork {
+    /// A refund part to ask WeChat for (or, once WeChat accepted it, to query): written to the
+    /// outbox by the refund's transaction; retried on the delay tiers until it settles.
+    Requested { part_no: String },
+    /// WeChat reported a refund's progress: a refund notify, verified at the ingress and
+    /// verified again before anything settles from it.
+    Reported { report_id: String, signed: crate::wechat::SignedNotify },
+}
+
 impl Event for OrderRefunded {
     const QUEUE: &'static str = topology::ORDER_FOLLOWUP;
     const KIND: &'static str = "order_refunded";

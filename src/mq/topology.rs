@@ -16,8 +16,10 @@ use crate::config::BrokerSettings;
 
 /// Pay requests from the ingress; answered on `amq.rabbitmq.reply-to`.
 pub const PAY_REQUESTS: &str = "pay.requests";
-/// Verified, decrypted WeChat pay and refund notifies.
+/// WeChat's pay notifies, verified at the ingress, and the answers of our own trade queries.
 pub const WECHAT_NOTIFY: &str = "wechat.notify";
+/// Refunds through WeChat: parts to ask WeChat for, and WeChat's refund notifies.
+pub const WECHAT_REFUND: &str = "wechat.refund";
 /// Order paid: lottery draw, infinite draw, recharge credit, shipping fee.
 pub const ORDER_FOLLOWUP: &str = "order.followup";
 /// OrderNotify callbacks to the business notify_url.
@@ -59,7 +61,7 @@ pub struct QueueSpec {
 
 /// Every work queue: one row each. Each also has a `<name>.dlq` and one TTL queue per delay
 /// tier of its retry schedule.
-pub const QUEUES: [QueueSpec; 6] = [
+pub const QUEUES: [QueueSpec; 7] = [
     QueueSpec {
         name: PAY_REQUESTS,
         carries: "a user asked to pay (asset pay, WeChat create)",
@@ -73,6 +75,15 @@ pub const QUEUES: [QueueSpec; 6] = [
         carries: "WeChat reported a trade (a verified notify, or our own query)",
         from: "payfleet-ingress, outbox",
         retry: Retry::Short,
+        waits_in: None,
+        consumers: &["payfleet-notify-worker"],
+    },
+    QueueSpec {
+        name: WECHAT_REFUND,
+        carries: "a refund part to ask WeChat for (then query until it settles), or WeChat's refund notify",
+        from: "outbox, payfleet-ingress",
+        // A refund waits out a WeChat outage, and is queried on this schedule until it settles.
+        retry: Retry::Long,
         waits_in: None,
         consumers: &["payfleet-notify-worker"],
     },

@@ -76,6 +76,7 @@ fn bill(sim: &Sim, date: Date) -> Option<Vec<u8>> {
             String::new(),
         ]));
     }
+    let now = OffsetDateTime::now_utc();
     for refund in sim.refunds.lock().expect("refunds lock").values() {
         let at = beijing(refund.created_at);
         if at.date() != date {
@@ -103,7 +104,7 @@ fn bill(sim: &Sim, date: Date) -> Option<Vec<u8>> {
             yuan(refund.refund),
             "0.00".into(),
             "ORIGINAL".into(),
-            "SUCCESS".into(),
+            refund.status_at(now).as_str().into(),
             String::new(),
             String::new(),
             "0.00000".into(),

@@ -7,8 +7,13 @@
 //!   `stale_timestamp`, `replay_nonce`, `downgrade_md5`); answers the status the merchant
 //!   answered with.
 //! - `POST /sim/refund {"out_trade_no", "notify_url"?}`: the merchant refunds the whole order in
-//!   WeChat's merchant platform (not through the API); with `notify_url`, WeChat sends its
-//!   REFUND.SUCCESS notify there.
+//!   WeChat's merchant platform (not through the API): it is SUCCESS at once, and with
+//!   `notify_url` WeChat sends its REFUND.SUCCESS notify there.
+//! - `POST /sim/refund-fault {"out_trade_no", "fault", "delay_ms"?}`: how the trade's refunds
+//!   asked for through the API from now on settle (by default SUCCESS after 200 ms, then
+//!   notified). `fault`: `never` (SUCCESS, but no notify: the merchant must query), `abnormal`
+//!   (ABNORMAL, notified), `closed` (CLOSED, notified), `delay` (SUCCESS and notified after
+//!   `delay_ms`, 3000 if not given), or null to clear it. Refunds already made keep their course.
 //! - `GET /sim/orders/{out_trade_no}`: the order as WeChat holds it.
 //! - `GET /sim/records[?out_trade_no=…]`: what the simulator received and sent.
 //! - `GET /sim/health`.
@@ -27,7 +32,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::notifier::{self, Forgery};
-use super::{Sim, SimOrder};
+use super::{Sim, SimOrder, refund};
 use crate::channel::TradeState;
 
 #[derive(Deserialize)]
@@ -50,6 +55,15 @@ struct RefundRequest {
     out_trade_no: String,
     #[serde(default)]
     notify_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RefundFaultRequest {
+    out_trade_no: String,
+    #[serde(default)]
+    fault: Option<String>,
+    #[serde(default)]
+    delay_ms: Option<u64>,
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
@@ -109,14 +123,46 @@ async fn refund(State(sim): State<Arc<Sim>>, Json(request): Json<RefundRequest>)
     let Some(total) = paid else { return refuse(StatusCode::NOT_FOUND, "no such order") };
     let out_refund_no = format!("MP{}", request.out_trade_no);
     let no = Some(request.out_trade_no.as_str());
-    match super::refund::apply(&sim, no, None, &out_refund_no, total, total, request.notify_url) {
-        Ok(refund) => {
-            sim.record("control", "/sim/refund", no, 200, format!("refunded {}", refund.out_refund_no));
-            notifier::deliver_refund(sim.clone(), refund.clone());
-            Json(super::refund::view(&refund)).into_response()
+    let ask = refund::Ask {
+        out_trade_no: no,
+        transaction_id: None,
+        out_refund_no: &out_refund_no,
+        refund: total,
+        total,
+        notify_url: request.notify_url,
+        via: refund::Via::MerchantPlatform,
+    };
+    match refund::apply(&sim, ask) {
+        Ok(made) => {
+            sim.record("control", "/sim/refund", no, 200, format!("refunded {}", made.out_refund_no));
+            Json(refund::view(&made, OffsetDateTime::now_utc())).into_response()
         }
         Err((status, _, _, message)) => refuse(status, message),
     }
+}
+
+async fn refund_fault(State(sim): State<Arc<Sim>>, Json(request): Json<RefundFaultRequest>) -> Response {
+    let fault = match request.fault.as_deref().map(|name| refund::Fault::parse(name, request.delay_ms)) {
+        None => None,
+        Some(Some(fault)) => Some(fault),
+        Some(None) => {
+            return refuse(StatusCode::BAD_REQUEST, "fault is one of never, abnormal, closed, delay, or null");
+        }
+    };
+    let no = request.out_trade_no;
+    {
+        let mut faults = sim.refund_faults.lock().expect("refund faults lock");
+        match fault {
+            Some(fault) => faults.insert(no.clone(), fault),
+            None => faults.remove(&no),
+        };
+    }
+    sim.record("control", "/sim/refund-fault", Some(&no), 200, format!("refund fault {fault:?}"));
+    let delay_ms = match fault {
+        Some(refund::Fault::Delay(after)) => Some(after.as_millis() as u64),
+        _ => None,
+    };
+    Json(json!({ "out_trade_no": no, "fault": request.fault, "delay_ms": delay_ms })).into_response()
 }
 
 async fn order(State(sim): State<Arc<Sim>>, Path(no): Path<String>) -> Response {
@@ -138,6 +184,7 @@ pub(super) fn router() -> Router<Arc<Sim>> {
         .route("/sim/pay", post(pay))
         .route("/sim/forge", post(forge))
         .route("/sim/refund", post(refund))
+        .route("/sim/refund-fault", post(refund_fault))
         .route("/sim/orders/{no}", get(order))
         .route("/sim/records", get(records))
         .route("/sim/health", get(|| async { Json(json!({ "alive": true })) }))

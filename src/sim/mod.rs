@@ -2,7 +2,9 @@
 //! and the tests. It verifies every request as WeChat does, signs its answers, and, on the
 //! control API's word, makes a user pay and sends the notify with WeChat's retry schedule —
 //! or a fault: a duplicate, a delay, no notify at all, a wrong amount, a forged signature, a
-//! stale timestamp, a replayed notify. It records what it received and sent.
+//! stale timestamp, a replayed notify. Refunds settle a moment after they are accepted, each
+//! with its own notify, or under a refund fault late, abnormal, closed or unannounced. It
+//! records what it received and sent.
 
 mod bill;
 mod control;
@@ -26,7 +28,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::{TradeState, TradeType};
+use crate::channel::{RefundState, TradeState, TradeType};
 use keys::SimKeys;
 
 /// How the simulator runs.
@@ -114,7 +116,7 @@ pub enum Conflict {
     Missing,
 }
 
-/// A refund as WeChat holds it.
+/// A refund as WeChat holds it: accepted PROCESSING, it settles at `settles_at` as `outcome`.
 #[derive(Clone, Debug, Serialize)]
 pub struct SimRefund {
     pub refund_id: String,
@@ -126,9 +128,30 @@ pub struct SimRefund {
     pub total: i64,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// When it stops being PROCESSING: the merchant sees its outcome from then on, and its
+    /// notify leaves then.
+    #[serde(with = "time::serde::rfc3339")]
+    pub settles_at: OffsetDateTime,
+    /// SUCCESS, ABNORMAL or CLOSED (refund faults choose the latter two).
+    pub outcome: RefundState,
+    /// False under the `never` fault: it settles, but only a query tells the merchant.
+    pub notify: bool,
     pub notify_url: Option<String>,
+    /// The API generation of the trade; its refund notify speaks the same one.
     pub api: Api,
     pub public_key_mode: bool,
+}
+
+impl SimRefund {
+    /// Where the refund stands at `at`.
+    pub fn status_at(&self, at: OffsetDateTime) -> RefundState {
+        if at < self.settles_at { RefundState::Processing } else { self.outcome }
+    }
+
+    /// When the payer had the money back, if they have by `at`.
+    pub fn success_time_at(&self, at: OffsetDateTime) -> Option<OffsetDateTime> {
+        (self.status_at(at) == RefundState::Success).then_some(self.settles_at)
+    }
 }
 
 /// One thing the simulator received or sent.
@@ -149,6 +172,9 @@ pub struct Sim {
     pub keys: SimKeys,
     pub orders: Mutex<HashMap<String, SimOrder>>,
     pub refunds: Mutex<HashMap<String, SimRefund>>,
+    /// Refund faults by out_trade_no, set by the control API; they shape the trade's refunds
+    /// created while set.
+    refund_faults: Mutex<HashMap<String, refund::Fault>>,
     /// Bill files by download token.
     bills: Mutex<HashMap<String, Vec<u8>>>,
     /// The current access token and when it expires.
@@ -252,6 +278,7 @@ pub async fn run(args: SimArgs, listener: tokio::net::TcpListener, stop: Cancell
         keys,
         orders: Mutex::default(),
         refunds: Mutex::default(),
+        refund_faults: Mutex::default(),
         bills: Mutex::default(),
         access_token: Mutex::default(),
         shipments: Mutex::default(),
@@ -272,6 +299,7 @@ pub async fn run(args: SimArgs, listener: tokio::net::TcpListener, stop: Cancell
         .route("/v3/refund/domestic/refunds", post(refund::create))
         .route("/v3/refund/domestic/refunds/{no}", get(refund::query))
         .route("/secapi/pay/refund", post(refund::v2_refund))
+        .route("/pay/refundquery", post(refund::v2_query))
         .route("/v3/bill/tradebill", get(bill::tradebill))
         .route("/v3/billdownload/file", get(bill::download))
         .route("/cgi-bin/token", get(mp::token))

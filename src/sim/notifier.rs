@@ -1,6 +1,7 @@
-//! Sending pay notifies as WeChat does: v3 JSON with the transaction encrypted under the APIv3
-//! key and `Wechatpay-*` headers signed with WeChat's key (fresh timestamp, nonce and signature
-//! on every retry), v2 signed XML; retried on the schedule until the merchant answers success.
+//! Sending notifies as WeChat does: v3 JSON with the transaction (or refund) encrypted under the
+//! APIv3 key and `Wechatpay-*` headers signed with WeChat's key (fresh timestamp, nonce and
+//! signature on every retry); v2 signed XML for payments, and for refunds unsigned XML with the
+//! refund sealed in `req_info`; retried on the schedule until the merchant answers success.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,10 +9,10 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::{Api, Sim, SimOrder};
-use crate::channel::TradeState;
+use super::{Api, Sim, SimOrder, SimRefund};
+use crate::channel::{RefundState, TradeState};
 use crate::wechat::v2::sign::{SignType, sign as v2_sign};
-use crate::wechat::v2::xml;
+use crate::wechat::v2::{req_info, xml};
 use crate::wechat::v3::client::beijing_rfc3339;
 use crate::wechat::v3::crypto::encrypt_resource;
 use crate::wechat::v3::sign::{SCHEME, nonce, response_message, sign};
@@ -153,64 +154,109 @@ pub(super) fn deliver(sim: Arc<Sim>, order: SimOrder, copies: usize, delay: Dura
 
 async fn deliver_one(sim: &Sim, order: &SimOrder, body: &[u8]) {
     let url = &order.notify_url;
+    let answered =
+        send_until_answered(sim, order.api, order.public_key_mode, url, &order.out_trade_no, body, "attempt").await;
+    if let Some(headers) = answered {
+        let sent = Sent { url: url.clone(), body: body.to_vec(), headers };
+        sim.sent.lock().expect("sent lock").insert(order.out_trade_no.clone(), sent);
+    }
+}
+
+/// Posts `body` until the merchant answers success or the schedule is used up, with fresh v3
+/// headers on every attempt, each recorded as `{label} {n}`; answers the headers of the attempt
+/// that succeeded.
+async fn send_until_answered(
+    sim: &Sim,
+    api: Api,
+    public_key_mode: bool,
+    url: &str,
+    out_trade_no: &str,
+    body: &[u8],
+    label: &str,
+) -> Option<Vec<(String, String)>> {
     for attempt in 0..=sim.schedule.len() {
-        let headers =
-            if order.api == Api::V3 { v3_headers(sim, order.public_key_mode, body, 0, None) } else { Vec::new() };
-        let (status, success) = post(sim, order.api, url, body, &headers).await;
-        sim.record("notify", url, Some(&order.out_trade_no), status, format!("attempt {}", attempt + 1));
+        let headers = if api == Api::V3 { v3_headers(sim, public_key_mode, body, 0, None) } else { Vec::new() };
+        let (status, success) = post(sim, api, url, body, &headers).await;
+        sim.record("notify", url, Some(out_trade_no), status, format!("{label} {}", attempt + 1));
         if success {
-            let sent = Sent { url: url.clone(), body: body.to_vec(), headers };
-            sim.sent.lock().expect("sent lock").insert(order.out_trade_no.clone(), sent);
-            return;
+            return Some(headers);
         }
         match sim.schedule.get(attempt) {
             Some(wait) => tokio::time::sleep(*wait).await,
-            None => {
-                tracing::warn!(out_trade_no = %order.out_trade_no, "notify retries used up; the merchant must query")
-            }
+            None => tracing::warn!(%out_trade_no, label, "notify retries used up; the merchant must query"),
+        }
+    }
+    None
+}
+
+/// The notify body of a settled refund, the same across retries. v3: a REFUND.* event whose
+/// resource is the refund under the APIv3 key. v2: unsigned XML whose `req_info` seals the
+/// refund with the APIv2 key (the seal stands in for the sign; `wechat::v2::req_info`).
+fn refund_body(sim: &Sim, refund: &SimRefund) -> Vec<u8> {
+    match refund.api {
+        Api::V3 => {
+            let (event_type, summary) = match refund.outcome {
+                RefundState::Abnormal => ("REFUND.ABNORMAL", "退款异常"),
+                RefundState::Closed => ("REFUND.CLOSED", "退款关闭"),
+                RefundState::Success | RefundState::Processing => ("REFUND.SUCCESS", "退款成功"),
+            };
+            let plain = serde_json::to_vec(&super::refund::v3_notify_resource(sim, refund)).expect("serialises");
+            let resource_nonce: String = nonce()[..12].to_owned();
+            let notify = Notify {
+                id: uuid::Uuid::new_v4().to_string(),
+                create_time: beijing_rfc3339(OffsetDateTime::now_utc()),
+                event_type: event_type.into(),
+                resource_type: "encrypt-resource".into(),
+                summary: Some(summary.into()),
+                resource: Resource {
+                    original_type: "refund".into(),
+                    algorithm: "AEAD_AES_256_GCM".into(),
+                    ciphertext: encrypt_resource(sim.keys.api_v3_key.as_bytes(), &resource_nonce, "refund", &plain),
+                    associated_data: Some("refund".into()),
+                    nonce: resource_nonce,
+                },
+            };
+            serde_json::to_vec(&notify).expect("serialises")
+        }
+        Api::V2 => {
+            // The sealed document is rooted at <root>, not <xml>; `xml::read` takes either.
+            let flat = xml::write(&super::refund::v2_notify_fields(refund));
+            let inner = flat.strip_prefix("<xml>").and_then(|f| f.strip_suffix("</xml>")).expect("an <xml> body");
+            let fields: BTreeMap<String, String> = [
+                ("return_code", "SUCCESS".to_owned()),
+                ("appid", sim.keys.appid.clone()),
+                ("mch_id", sim.keys.mchid.clone()),
+                ("nonce_str", nonce()),
+                ("req_info", req_info::encrypt(&sim.keys.api_v2_key, &format!("<root>{inner}</root>"))),
+            ]
+            .map(|(k, v)| (k.to_owned(), v))
+            .into();
+            xml::write(&fields).into_bytes()
         }
     }
 }
 
-/// Sends a v3 REFUND.SUCCESS notify for a refund to its notify_url, retried on the schedule.
-pub(super) fn deliver_refund(sim: Arc<Sim>, refund: super::SimRefund) {
-    let Some(url) = refund.notify_url.clone() else { return };
+/// Sends a refund's notify to its notify_url once it settles (not before: WeChat notifies the
+/// outcome, never PROCESSING), retried on the schedule; nothing without a notify_url or under
+/// the `never` fault.
+pub(super) fn deliver_refund(sim: Arc<Sim>, refund: SimRefund) {
+    let Some(url) = refund.notify_url.clone().filter(|_| refund.notify) else { return };
     tokio::spawn(async move {
-        let resource = serde_json::json!({
-            "mchid": sim.keys.mchid, "transaction_id": refund.transaction_id, "out_trade_no": refund.out_trade_no,
-            "refund_id": refund.refund_id, "out_refund_no": refund.out_refund_no, "refund_status": "SUCCESS",
-            "success_time": beijing_rfc3339(refund.created_at), "user_received_account": "支付用户零钱",
-            "amount": { "total": refund.total, "refund": refund.refund, "payer_total": refund.total, "payer_refund": refund.refund },
-        });
-        let resource_nonce: String = nonce()[..12].to_owned();
-        let plain = serde_json::to_vec(&resource).expect("serialises");
-        let notify = Notify {
-            id: uuid::Uuid::new_v4().to_string(),
-            create_time: beijing_rfc3339(OffsetDateTime::now_utc()),
-            event_type: "REFUND.SUCCESS".into(),
-            resource_type: "encrypt-resource".into(),
-            summary: Some("退款成功".into()),
-            resource: Resource {
-                original_type: "refund".into(),
-                algorithm: "AEAD_AES_256_GCM".into(),
-                ciphertext: encrypt_resource(sim.keys.api_v3_key.as_bytes(), &resource_nonce, "refund", &plain),
-                associated_data: Some("refund".into()),
-                nonce: resource_nonce,
-            },
-        };
-        let body = serde_json::to_vec(&notify).expect("serialises");
-        for attempt in 0..=sim.schedule.len() {
-            let headers = v3_headers(&sim, refund.public_key_mode, &body, 0, None);
-            let (status, success) = post(&sim, Api::V3, &url, &body, &headers).await;
-            sim.record("notify", &url, Some(&refund.out_trade_no), status, format!("refund attempt {}", attempt + 1));
-            if success {
-                return;
-            }
-            match sim.schedule.get(attempt) {
-                Some(wait) => tokio::time::sleep(*wait).await,
-                None => return,
-            }
+        let wait = refund.settles_at - OffsetDateTime::now_utc();
+        if wait.is_positive() {
+            tokio::time::sleep(wait.unsigned_abs()).await;
         }
+        let body = refund_body(&sim, &refund);
+        send_until_answered(
+            &sim,
+            refund.api,
+            refund.public_key_mode,
+            &url,
+            &refund.out_trade_no,
+            &body,
+            "refund attempt",
+        )
+        .await;
     });
 }
 

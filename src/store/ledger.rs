@@ -44,8 +44,10 @@ pub struct Audit {
     /// than their order.
     pub loose_holds: i64,
     /// Refunds whose parts, payments, orders and profit_pay rows do not agree: a payment's or
-    /// order's `refunded` not the sum of its refund parts, a refund not the sum of its parts, a
-    /// part without its profit_pay row or its ledger row, a payment's state not its refunded total.
+    /// order's `refunded` not the sum of its refund parts that were not given up (CLOSED; a
+    /// WeChat part counts from its request on), a refund not the sum of its parts, a settled
+    /// part without its profit_pay row or its ledger row, a payment's state not its refunded
+    /// total.
     pub refunds_off: i64,
     /// (user, day) pairs whose `balance_daily` total is not the sum of that day's successful
     /// balance payments (the daily limit would count wrong).
@@ -99,7 +101,8 @@ pub async fn audit(pool: &PgPool) -> Result<Audit> {
                     OR pp.change_money <> -p.amount OR pp.pay_type <> CASE p.method WHEN 'wechat' THEN 1
                         WHEN 'balance' THEN 2 WHEN 'integral' THEN 3 ELSE 4 END)) AS unrecorded_payments,
            (SELECT count(*) FROM orders o WHERE o.status IN ('PAID', 'PARTIALLY_REFUNDED', 'REFUNDED')
-             AND (SELECT coalesce(sum(p.amount), 0) FROM settled p WHERE p.order_no = o.order_no) <> o.amount)
+             AND (SELECT coalesce(sum(p.amount), 0) FROM settled p
+                  WHERE p.order_no = o.order_no AND (p.pay_no = o.pay_no OR p.mixed_no = o.pay_no)) <> o.amount)
              AS orders_without_payment,
            (SELECT count(*) FROM payments p JOIN mixed_payments m USING (mixed_no)
              WHERE (p.status = 'HELD' AND m.status <> 'PAYING')
@@ -113,10 +116,10 @@ pub async fn audit(pool: &PgPool) -> Result<Audit> {
              AS loose_holds,
            (SELECT count(*) FROM payments p
              WHERE p.refunded <> (SELECT coalesce(sum(r.amount), 0) FROM refund_parts r
-                                  WHERE r.pay_no = p.pay_no AND r.status = 'SUCCESS'))
+                                  WHERE r.pay_no = p.pay_no AND r.status <> 'CLOSED'))
            + (SELECT count(*) FROM orders o
-             WHERE o.refunded <> (SELECT coalesce(sum(r.amount), 0) FROM refunds r
-                                  WHERE r.order_no = o.order_no AND r.status = 'SUCCESS')
+             WHERE o.refunded <> (SELECT coalesce(sum(p.amount), 0) FROM refund_parts p JOIN refunds r USING (refund_no)
+                                  WHERE r.order_no = o.order_no AND r.pay_no IS NULL AND p.status <> 'CLOSED')
                 OR (o.status = 'REFUNDED') <> (o.refunded = o.amount AND o.status <> 'CLOSED')
                 OR (o.status = 'PARTIALLY_REFUNDED') <> (o.refunded > 0 AND o.refunded < o.amount))
            + (SELECT count(*) FROM refunds r

@@ -465,6 +465,8 @@ struct PaymentRow {
     user_id: i64,
     /// The mixed payment this is the WeChat part of.
     mixed_no: Option<String>,
+    /// Given back by refunds of ours.
+    refunded: Money,
 }
 
 /// Settles a WeChat payment from a trade the caller confirmed with WeChat (a notify whose
@@ -485,17 +487,16 @@ pub async fn settle(pool: &PgPool, report: &TradeReported, appid: &str, mchid: &
         Some(order_no) => orders::lock_one(&mut tx, order_no).await?,
         None => None,
     };
-    let payment: Option<PaymentRow> = match &order {
-        Some(_) => {
-            sqlx::query_as(
-                "SELECT pay_no, status, amount, user_id, mixed_no FROM payments WHERE pay_no = $1 FOR UPDATE",
+    let payment: Option<PaymentRow> =
+        match &order {
+            Some(_) => sqlx::query_as(
+                "SELECT pay_no, status, amount, user_id, mixed_no, refunded FROM payments WHERE pay_no = $1 FOR UPDATE",
             )
             .bind(&trade.out_trade_no)
             .fetch_optional(&mut *tx)
-            .await?
-        }
-        None => None,
-    };
+            .await?,
+            None => None,
+        };
 
     let settlement = match (&order, &payment) {
         (Some(order), Some(payment)) if trade.appid == appid && trade.mchid == mchid => {
@@ -532,6 +533,13 @@ async fn apply_trade(
     let waited_for = order.is_paying_with(pay_no);
     match trade.trade_state {
         TradeState::Success if payment.status == PaymentStatus::Success => Ok(Settlement::Duplicate),
+        // Settled before, and refunds of ours gave some or all of it back since.
+        TradeState::Success
+            if matches!(payment.status, PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded)
+                && !payment.refunded.is_zero() =>
+        {
+            Ok(Settlement::Duplicate)
+        }
         // Paid back at WeChat already: a SUCCESS for it is an old report (a late retry of the
         // first notify), never money to settle.
         TradeState::Success if payment.status == PaymentStatus::Refunded => Ok(Settlement::Alert(Alert::new(
@@ -577,39 +585,45 @@ async fn apply_trade(
                     return Ok(Settlement::Settled);
                 }
                 // Its holds went back when the order closed or reopened: the WeChat part alone
-                // does not pay the order, which stays as it is; an operator refunds the part.
-                // The payment is recorded as paid (the money is at WeChat); the report's
-                // outcome is the alert.
+                // does not pay the order, which stays as it is, and the part goes back to the
+                // payer. The payment is recorded as paid (WeChat took it); the report's outcome
+                // is the alert.
+                let why = format!(
+                    "WeChat took the {amount} yuan part of mixed payment {mixed_no} after its holds were returned"
+                );
+                let refund_no = super::refunds::refund_extra_payment(tx, order, pay_no, &why).await?;
                 return Ok(Settlement::Alert(Alert::new(
                     AlertKind::PaidAfterClose,
-                    format_args!(
-                        "WeChat took the {amount} yuan part of mixed payment {mixed_no} after its holds were returned; the order stays {}",
-                        order.status.as_str()
-                    ),
+                    format_args!("{why}; the order stays {}; refund {refund_no} gives it back", order.status.as_str()),
                 )));
             }
-            if order.status.was_paid() {
-                // Paid twice (another method settled it first): the money is real, so the
-                // payment stands and an operator refunds one of them.
+            if order.status.was_paid() || order.status == OrderStatus::Closed {
+                // Paid twice (another payment settled the order first), or paid as the order
+                // closed: the money is real, so the payment stands as paid and goes back to the
+                // payer in full; the order stays as it is.
+                let (kind, why) = if order.status == OrderStatus::Closed {
+                    (AlertKind::PaidAfterClose, "WeChat took the money after the order closed".to_owned())
+                } else {
+                    (
+                        AlertKind::DoublePayment,
+                        format!("order already paid by {}", order.pay_no.clone().unwrap_or_default()),
+                    )
+                };
+                let refund_no = super::refunds::refund_extra_payment(tx, order, pay_no, &why).await?;
                 let raised = Alert::new(
-                    AlertKind::DoublePayment,
-                    format_args!("order already paid by {}", order.pay_no.clone().unwrap_or_default()),
+                    kind,
+                    format_args!("{why}; the order stays {}; refund {refund_no} gives it back", order.status.as_str()),
                 );
                 alert(tx, &raised, Some(order_no), Some(pay_no)).await?;
                 return Ok(Settlement::Settled);
             }
             if !waited_for {
-                let raised = if order.status == OrderStatus::Closed {
-                    Alert::new(
-                        AlertKind::PaidAfterClose,
-                        "WeChat took the money after the order closed; it is paid now",
-                    )
-                } else {
-                    Alert::new(
-                        AlertKind::PaidAfterFailure,
-                        "WeChat took the money after reporting the trade closed; it is paid now",
-                    )
-                };
+                // WeChat reported the trade closed and the order reopened, unpaid: this payment
+                // pays it after all.
+                let raised = Alert::new(
+                    AlertKind::PaidAfterFailure,
+                    "WeChat took the money after reporting the trade closed; it is paid now",
+                );
                 alert(tx, &raised, Some(order_no), Some(pay_no)).await?;
             }
             order.check_becomes(OrderStatus::Paid)?;
@@ -639,6 +653,8 @@ async fn apply_trade(
         // The payer paid and the money went back (a refund in the merchant platform) before
         // any report settled it here: nothing was bought, so the order stays unpaid, and an
         // operator reconciles the trade.
+        // Refunds of ours: their own reports (the refund notify, a refund query) settle them.
+        TradeState::Refund if !payment.refunded.is_zero() => Ok(Settlement::Duplicate),
         TradeState::Refund if payment.status == PaymentStatus::Success => Ok(Settlement::Alert(Alert::new(
             AlertKind::RefundedOutside,
             format_args!("WeChat reports {pay_no} refunded, outside payfleet, after it settled"),
@@ -751,7 +767,12 @@ pub async fn notify_sign_type(pool: &PgPool, notify: &SignedNotify) -> Result<Op
     Ok(sign_type.flatten().as_deref().and_then(SignType::parse))
 }
 
-async fn alert(conn: &mut PgConnection, alert: &Alert, order_no: Option<&str>, pay_no: Option<&str>) -> Result<()> {
+pub(super) async fn alert(
+    conn: &mut PgConnection,
+    alert: &Alert,
+    order_no: Option<&str>,
+    pay_no: Option<&str>,
+) -> Result<()> {
     Ok(sqlx::query("INSERT INTO payment_alerts (kind, order_no, pay_no, detail) VALUES ($1, $2, $3, $4)")
         .bind(alert.kind.as_str())
         .bind(order_no)

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::channel::{ChannelError, Prepaid, PrepayOrder, Trade};
+use crate::channel::{ChannelError, ChannelRefund, Prepaid, PrepayOrder, RefundOrder, Trade};
 use crate::config::{ConfigError, WechatApiVersion, WechatSettings};
 use v2::sign::SignType;
 use v3::crypto::{PlatformKeys, SignedHeaders, VerifyError};
@@ -61,6 +61,18 @@ impl SignedNotify {
         }
     }
 
+    /// What makes a refund notify single-use: the v3 `Wechatpay-Nonce`, or a v2 refund notify's
+    /// merchant and `nonce_str` (it names no trade outside its encrypted part).
+    pub fn refund_replay_key(&self) -> Option<String> {
+        match self {
+            SignedNotify::V3 { .. } => self.replay_key(),
+            SignedNotify::V2 { body } => {
+                let fields = v2::xml::read(body).ok()?;
+                Some(format!("v2refund:{}:{}", fields.get("mch_id")?, fields.get("nonce_str")?))
+            }
+        }
+    }
+
     /// What makes this notify single-use: the v3 `Wechatpay-Nonce`, or a v2 notify's
     /// `out_trade_no` and `nonce_str` (v2 has no timestamp, so the nonce alone must do).
     pub fn replay_key(&self) -> Option<String> {
@@ -79,8 +91,21 @@ impl SignedNotify {
 pub enum Notified {
     /// A payment's trade.
     Trade(VerifiedNotify),
-    /// Genuine, but not a payment (a `REFUND.*` event sent to the pay-notify URL).
+    /// A refund's progress.
+    Refund(RefundNotified),
+    /// Genuine, but of a kind nothing settles from.
     Other { id: String, event_type: String },
+}
+
+/// A verified (v3) or opened (v2) refund notify.
+#[derive(Clone, Debug)]
+pub struct RefundNotified {
+    /// WeChat's notify id (v3); v2 has none: the refund number and status.
+    pub id: String,
+    /// `REFUND.SUCCESS` / `REFUND.ABNORMAL` / `REFUND.CLOSED` (v3), `v2.refund` for v2.
+    pub event_type: String,
+    pub mchid: String,
+    pub refund: ChannelRefund,
 }
 
 /// A verified payment notify.
@@ -121,10 +146,24 @@ impl Wechat {
             None => None,
             Some(key) => Some(v2::client::Client {
                 http: http.clone(),
+                secapi: match &s.v2_client_cert_file {
+                    None => http.clone(),
+                    Some(file) => {
+                        let pem = read_file("wechat.v2_client_cert_file", file)?;
+                        let identity = reqwest::Identity::from_pem(pem.as_bytes())
+                            .map_err(|e| bad("wechat.v2_client_cert_file", e.to_string()))?;
+                        reqwest::Client::builder()
+                            .timeout(Duration::from_millis(s.http_timeout_ms))
+                            .identity(identity)
+                            .build()
+                            .map_err(|e| bad("wechat.v2_client_cert_file", e.to_string()))?
+                    }
+                },
                 base: base.clone(),
                 appid: s.appid.clone(),
                 mchid: s.mchid.clone(),
                 notify_url: s.notify_url.clone(),
+                refund_notify_url: s.refund_notify_url.clone(),
                 key: key?,
                 sign_type: v2::sign::SignType::parse(&s.v2_sign_type)
                     .ok_or_else(|| bad("wechat.v2_sign_type", "must be MD5 or HMAC-SHA256".into()))?,
@@ -178,6 +217,7 @@ impl Wechat {
                     appid: s.appid.clone(),
                     mchid: s.mchid.clone(),
                     notify_url: s.notify_url.clone(),
+                    refund_notify_url: s.refund_notify_url.clone(),
                     merchant_serial: s.merchant_serial_no.clone(),
                     merchant_key,
                     api_v3_key: key?,
@@ -235,9 +275,40 @@ impl Wechat {
                     v3::client::VerifiedNotify::Transaction { id, event_type, trade } => {
                         Notified::Trade(VerifiedNotify { id, event_type, trade })
                     }
+                    v3::client::VerifiedNotify::Refund { id, event_type, mchid, refund } => {
+                        Notified::Refund(RefundNotified { id, event_type, mchid, refund })
+                    }
                     v3::client::VerifiedNotify::Other { id, event_type, .. } => Notified::Other { id, event_type },
                 })
             }
+        }
+    }
+
+    /// Verifies a refund notify: v3 like a pay notify (`arrival` as there), v2 by opening its
+    /// encrypted `req_info`. Anything but a refund's progress is refused.
+    pub fn verify_refund_notify(
+        &self,
+        signed: &SignedNotify,
+        arrival: Option<i64>,
+    ) -> Result<RefundNotified, VerifyError> {
+        match signed {
+            SignedNotify::V2 { body } => {
+                let client = self.v2.as_ref().ok_or(VerifyError::BadSignature)?;
+                let opened = client.open_refund_notify(body).map_err(VerifyError::Decrypt)?;
+                Ok(RefundNotified {
+                    id: opened.id,
+                    event_type: "v2.refund".into(),
+                    mchid: opened.mchid,
+                    refund: opened.refund,
+                })
+            }
+            SignedNotify::V3 { .. } => match self.verify_notify(signed, arrival, None)? {
+                Notified::Refund(refund) => Ok(refund),
+                Notified::Trade(t) => Err(VerifyError::Decrypt(format!("{} is a payment, not a refund", t.event_type))),
+                Notified::Other { event_type, .. } => {
+                    Err(VerifyError::Decrypt(format!("{event_type} is not a refund's progress")))
+                }
+            },
         }
     }
 
@@ -290,6 +361,23 @@ impl Wechat {
         match self.active() {
             Active::V2(c) => c.close(out_trade_no).await,
             Active::V3(c) => c.close(out_trade_no).await,
+        }
+    }
+
+    /// Asks WeChat to give part of a paid trade back; the same `out_refund_no` again is the
+    /// same refund, never a second one.
+    pub async fn refund(&self, order: &RefundOrder) -> Result<ChannelRefund, ChannelError> {
+        match self.active() {
+            Active::V2(c) => c.refund(order).await,
+            Active::V3(c) => c.refund(order).await,
+        }
+    }
+
+    /// A refund's current state at WeChat.
+    pub async fn query_refund(&self, out_refund_no: &str) -> Result<ChannelRefund, ChannelError> {
+        match self.active() {
+            Active::V2(c) => c.query_refund(out_refund_no).await,
+            Active::V3(c) => c.query_refund(out_refund_no).await,
         }
     }
 

@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::domain::PaymentStatus;
 use crate::mq::consumer::{HandleError, Handler, Incoming, Outcome};
 use crate::mq::messages::{TradeReported, TradeSource};
-use crate::mq::topology::WECHAT_NOTIFY;
+use crate::mq::topology::{WECHAT_NOTIFY, WECHAT_REFUND};
 use crate::store::wechat::Settlement;
 use crate::store::{self, Pool};
 use crate::wechat::{Notified, SignedNotify, Wechat};
@@ -59,7 +59,9 @@ impl NotifyHandler {
         // No time window: the notify passed it on arrival and may have waited in the queue since.
         let verified = match wechat.verify_notify(signed, None, sign_type) {
             Ok(Notified::Trade(verified)) => verified,
-            Ok(Notified::Other { event_type, .. }) => {
+            Ok(
+                Notified::Other { event_type, .. } | Notified::Refund(crate::wechat::RefundNotified { event_type, .. }),
+            ) => {
                 return Ok(Confirmed::Not(format!("a {event_type} notify is no payment")));
             }
             Err(e) => return Ok(Confirmed::Not(format!("the notify does not verify: {e}"))),
@@ -150,7 +152,7 @@ impl Handler for NotifyHandler {
     }
 }
 
-/// Runs the notify-worker (and the outbox relay) until `stop`.
+/// Runs the notify-worker (pay reports, refunds through WeChat, and the outbox relay) until `stop`.
 pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<()> {
     let wechat = Wechat::from_settings_optional(&settings.wechat)?.map(Arc::new);
     if wechat.is_none() {
@@ -160,9 +162,15 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> anyhow::Result<
     else {
         return Ok(());
     };
-    let handler =
-        NotifyHandler::new(runner.db.clone(), wechat, settings.wechat.appid.clone(), settings.wechat.mchid.clone());
+    let handler = NotifyHandler::new(
+        runner.db.clone(),
+        wechat.clone(),
+        settings.wechat.appid.clone(),
+        settings.wechat.mchid.clone(),
+    );
     runner.consume(WECHAT_NOTIFY, None, handler);
+    let refunds = super::refund::RefundHandler::new(runner.db.clone(), wechat, settings.wechat.mchid.clone());
+    runner.consume(WECHAT_REFUND, Some("refunds"), refunds);
     runner.run().await;
     Ok(())
 }

@@ -323,14 +323,21 @@ async fn race(first: First) {
             let rows = ledger_reasons(db, &order).await;
             let expected = [("money", "hold"), ("integral", "hold"), ("money", "return"), ("integral", "return")];
             assert_eq!(rows, expected.map(|(a, r)| (a.to_owned(), r.to_owned())));
-            // The late notify is money WeChat took: recorded, alerted, and the order stays closed.
+            // The late notify is money WeChat took: recorded, alerted, refunded in full by
+            // itself, and the order stays closed.
             assert!(alerts.iter().any(|(kind, _)| kind == "paid_after_close"), "{alerts:?}");
-            let wechat_status: String = sqlx::query_scalar("SELECT status FROM payments WHERE pay_no = $1")
+            let wechat: (String, Money) = sqlx::query_as("SELECT status, refunded FROM payments WHERE pay_no = $1")
                 .bind(&pay_no)
                 .fetch_one(db)
                 .await
                 .unwrap();
-            assert_eq!(wechat_status, "SUCCESS");
+            assert_eq!(wechat, ("REFUNDED".to_owned(), m("5.00")));
+            let refunds = payfleet::store::refunds::list(db, &order).await.unwrap();
+            assert_eq!(refunds.len(), 1, "{refunds:?}");
+            assert_eq!(
+                (refunds[0].refund_no.clone(), refunds[0].parts[0].pay_no.clone()),
+                (format!("AUTO-{pay_no}"), pay_no.clone())
+            );
         }
         First::LateNotify => {
             assert_eq!(order_row(db, &order).await.0, "PAID", "{outcomes:?}");

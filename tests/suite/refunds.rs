@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use common::trades::{APPID, MCHID, V3, create_request, integral_payment, report};
 use common::{TestEnv, m, until_waiting_on_locks};
-use payfleet::channel::TradeState;
-use payfleet::domain::{Code, Money};
-use payfleet::store::refunds::{self, RefundRequest, Refunded};
+use payfleet::channel::{ChannelRefund, RefundState, TradeState};
+use payfleet::domain::{Code, Money, PayMethod};
+use payfleet::store::refunds::{self, RefundRequest, RefundSettled, Refunded};
 use payfleet::store::users::Balances;
 use payfleet::store::wechat::{self, Begun, Settlement};
 use proptest::prelude::*;
@@ -161,18 +161,11 @@ async fn a_refund_waiting_for_another_sees_what_that_one_gave_back() {
     env.audit_is_clean().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refunds_of_an_unpaid_or_wechat_paid_order_are_refused_and_change_nothing() {
-    let env = TestEnv::new().await;
+/// A user with a WeChat-paid order of 10.00 (settled from a confirmed report); its pay_no.
+async fn a_wechat_paid_order(env: &TestEnv) -> (i64, String, String) {
     let db = &env.admin.db;
     let (user, _) = env.user("0", "0", "0").await;
-    let goods = env.goods("10.00").await;
-    let unpaid = env.orders(user, goods, 1).await.remove(0);
-    match refunds::create(db, &request(&unpaid, "U", None)).await.unwrap() {
-        Refunded::Refused(refusal) => assert!(refusal.message.contains("not paid"), "{refusal:?}"),
-        other => panic!("{other:?}"),
-    }
-    let order = env.orders(user, goods, 1).await.remove(0);
+    let order = env.orders(user, env.goods("10.00").await, 1).await.remove(0);
     let Begun::Prepay { pay_no, .. } =
         wechat::begin(db, &create_request(user, &order), V3, Duration::from_secs(7000)).await.unwrap()
     else {
@@ -180,18 +173,162 @@ async fn refunds_of_an_unpaid_or_wechat_paid_order_are_refused_and_change_nothin
     };
     let settled = wechat::settle(db, &report(&pay_no, TradeState::Success, 1000, APPID), APPID, MCHID).await.unwrap();
     assert_eq!(settled, Settlement::Settled);
-    match refunds::create(db, &request(&order, "W", Some(m("1.00")))).await.unwrap() {
-        Refunded::Refused(refusal) => assert!(refusal.message.contains("not available yet"), "{refusal:?}"),
+    (user, order, pay_no)
+}
+
+/// What WeChat would report of a refund part.
+fn channel_refund(pay_no: &str, part_no: &str, fen: i64, state: RefundState) -> ChannelRefund {
+    ChannelRefund {
+        out_trade_no: pay_no.to_owned(),
+        out_refund_no: part_no.to_owned(),
+        refund_id: Some(format!("5030{part_no}")),
+        state,
+        refund_fen: fen,
+        success_time: None,
+    }
+}
+
+/// The part numbers the outbox holds requests to WeChat for.
+async fn requested_parts(db: &PgPool, order_no: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT o.payload->>'part_no' FROM outbox o JOIN refund_parts rp ON rp.part_no = o.payload->>'part_no'
+         JOIN refunds r USING (refund_no) WHERE o.kind = 'wechat_refund' AND r.order_no = $1 ORDER BY o.id",
+    )
+    .bind(order_no)
+    .fetch_all(db)
+    .await
+    .unwrap()
+}
+
+async fn refunded_events(db: &PgPool, order_no: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE kind = 'order_refunded' AND payload->>'order_no' = $1")
+        .bind(order_no)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpaid_order_has_nothing_to_refund() {
+    let env = TestEnv::new().await;
+    let (user, _) = env.user("0", "0", "0").await;
+    let unpaid = env.orders(user, env.goods("10.00").await, 1).await.remove(0);
+    match refunds::create(&env.admin.db, &request(&unpaid, "U", None)).await.unwrap() {
+        Refunded::Refused(refusal) => assert!(refusal.message.contains("not paid"), "{refusal:?}"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(order_state(db, &order).await, ("PAID".into(), m("0")));
+    assert_eq!(order_state(&env.admin.db, &unpaid).await, ("UNPAID".into(), m("0")));
+}
+
+/// A WeChat part counts as given back from its request on (no refund meanwhile can take it
+/// again), settles once whatever WeChat reports twice, and a part WeChat closed stops counting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wechat_part_waits_for_wechat_and_settles_once() {
+    let env = TestEnv::new().await;
+    let db = &env.admin.db;
+    let (_, order, pay_no) = a_wechat_paid_order(&env).await;
+    let Refunded::Made(made) = refunds::create(db, &request(&order, "W1", Some(m("3.00")))).await.unwrap() else {
+        panic!("made")
+    };
+    assert_eq!(made.status, "PROCESSING");
+    let part = &made.parts[0];
+    assert_eq!(
+        (part.method, part.status.as_str(), part.pay_no.as_str()),
+        (PayMethod::Wechat, "PROCESSING", pay_no.as_str())
+    );
+    assert_eq!(order_state(db, &order).await, ("PARTIALLY_REFUNDED".into(), m("3.00")));
+    assert_eq!(
+        requested_parts(db, &order).await,
+        std::slice::from_ref(&part.part_no),
+        "asked of WeChat through the outbox"
+    );
+    assert_eq!(refunded_events(db, &order).await, 0, "nothing went back yet");
+    env.audit_is_clean().await;
+    // Only 7.00 is left to ask for while it waits.
+    let over = refunds::create(db, &request(&order, "W2", Some(m("7.01")))).await.unwrap();
+    assert!(matches!(over, Refunded::Refused(ref r) if r.message.contains("only 7.00")), "{over:?}");
+
+    let processing = channel_refund(&pay_no, &part.part_no, 300, RefundState::Processing);
+    assert_eq!(refunds::settle_wechat(db, &processing, "{}", None).await.unwrap(), RefundSettled::Waiting);
+    let success = channel_refund(&pay_no, &part.part_no, 300, RefundState::Success);
+    let settled = refunds::settle_wechat(db, &success, "{}", None).await.unwrap();
+    assert_eq!(settled, RefundSettled::Moved(RefundState::Success));
+    let again = refunds::settle_wechat(db, &success, "{}", None).await.unwrap();
+    assert_eq!(again, RefundSettled::Unchanged("SUCCESS".into()), "a second notify changes nothing");
+    let closed_late = channel_refund(&pay_no, &part.part_no, 300, RefundState::Closed);
+    assert_eq!(
+        refunds::settle_wechat(db, &closed_late, "{}", None).await.unwrap(),
+        RefundSettled::Unchanged("SUCCESS".into())
+    );
+    let listed = refunds::list(db, &order).await.unwrap();
+    assert_eq!((listed[0].status.as_str(), listed[0].parts[0].status.as_str()), ("SUCCESS", "SUCCESS"));
+    assert_eq!(refunded_events(db, &order).await, 1);
     env.audit_is_clean().await;
 
-    // Paid twice: its WeChat trade reported closed (the order payable again), paid with
-    // integral, then WeChat took the money after all. Refunding "the order" would give back the
-    // wrong payment: refused, with what to do.
+    // The rest, closed by WeChat: it no longer counts, and operators are told.
+    let Refunded::Made(rest) = refunds::create(db, &request(&order, "W3", None)).await.unwrap() else { panic!() };
+    assert_eq!(order_state(db, &order).await, ("REFUNDED".into(), m("10.00")));
+    let closed = channel_refund(&pay_no, &rest.parts[0].part_no, 700, RefundState::Closed);
+    assert_eq!(
+        refunds::settle_wechat(db, &closed, "{}", None).await.unwrap(),
+        RefundSettled::Moved(RefundState::Closed)
+    );
+    assert_eq!(order_state(db, &order).await, ("PARTIALLY_REFUNDED".into(), m("3.00")));
+    let alerts = wechat::alerts(db, &order).await.unwrap();
+    assert!(alerts.iter().any(|(kind, _)| kind == "refund_closed"), "{alerts:?}");
+    assert_eq!(refunded_events(db, &order).await, 1, "a refund that gave nothing back is no event");
+    env.audit_is_clean().await;
+
+    // A report of another amount, or of a refund that is not ours, settles nothing.
+    let Refunded::Made(third) = refunds::create(db, &request(&order, "W4", Some(m("1.00")))).await.unwrap() else {
+        panic!()
+    };
+    let wrong = channel_refund(&pay_no, &third.parts[0].part_no, 999, RefundState::Success);
+    assert!(matches!(refunds::settle_wechat(db, &wrong, "{}", None).await.unwrap(), RefundSettled::Alert(_)));
+    let stranger = channel_refund(&pay_no, "RF-NOT-OURS", 100, RefundState::Success);
+    assert!(matches!(refunds::settle_wechat(db, &stranger, "{}", None).await.unwrap(), RefundSettled::Alert(_)));
+    assert_eq!(refunds::list(db, &order).await.unwrap()[2].status, "PROCESSING");
+    env.audit_is_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abnormal_refund_stays_counted_and_is_surfaced() {
+    let env = TestEnv::new().await;
+    let db = &env.admin.db;
+    let (_, order, pay_no) = a_wechat_paid_order(&env).await;
+    let Refunded::Made(made) = refunds::create(db, &request(&order, "A1", None)).await.unwrap() else { panic!() };
+    let part_no = &made.parts[0].part_no;
+    let abnormal = channel_refund(&pay_no, part_no, 1000, RefundState::Abnormal);
+    assert_eq!(
+        refunds::settle_wechat(db, &abnormal, "{}", None).await.unwrap(),
+        RefundSettled::Moved(RefundState::Abnormal)
+    );
+    assert_eq!(refunds::list(db, &order).await.unwrap()[0].status, "ABNORMAL");
+    // The money left the merchant: no second refund can be asked for it.
+    assert_eq!(order_state(db, &order).await, ("REFUNDED".into(), m("10.00")));
+    assert!(matches!(refunds::create(db, &request(&order, "A2", None)).await.unwrap(), Refunded::Refused(_)));
+    assert!(wechat::alerts(db, &order).await.unwrap().iter().any(|(kind, _)| kind == "refund_abnormal"));
+    assert_eq!(refunded_events(db, &order).await, 0);
+    env.audit_is_clean().await;
+    // Seen to at WeChat (sent to another account): WeChat reports it SUCCESS at last.
+    let success = channel_refund(&pay_no, part_no, 1000, RefundState::Success);
+    assert_eq!(
+        refunds::settle_wechat(db, &success, "{}", None).await.unwrap(),
+        RefundSettled::Moved(RefundState::Success)
+    );
+    assert_eq!(refunded_events(db, &order).await, 1);
+    env.audit_is_clean().await;
+}
+
+/// Paid twice: its WeChat trade reported closed (the order payable again), paid with integral,
+/// then WeChat took the money after all. That payment goes back in full by itself; the order
+/// stays paid by integral, and its own refund gives back the integral.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_taken_twice_is_refunded_by_itself_and_the_order_stays_paid() {
+    let env = TestEnv::new().await;
+    let db = &env.admin.db;
     let (user, _) = env.user("0", "100", "0").await;
-    let twice = env.orders(user, goods, 1).await.remove(0);
+    let twice = env.orders(user, env.goods("10.00").await, 1).await.remove(0);
     let Begun::Prepay { pay_no, .. } =
         wechat::begin(db, &create_request(user, &twice), V3, Duration::from_secs(7000)).await.unwrap()
     else {
@@ -199,12 +336,30 @@ async fn refunds_of_an_unpaid_or_wechat_paid_order_are_refused_and_change_nothin
     };
     wechat::settle(db, &report(&pay_no, TradeState::Closed, 1000, APPID), APPID, MCHID).await.unwrap();
     payfleet::store::payments::apply(db, &[integral_payment(user, &twice)]).await.unwrap();
-    wechat::settle(db, &report(&pay_no, TradeState::Success, 1000, APPID), APPID, MCHID).await.unwrap();
-    match refunds::create(db, &request(&twice, "T", None)).await.unwrap() {
-        Refunded::Refused(refusal) => assert!(refusal.message.contains("more than once"), "{refusal:?}"),
-        other => panic!("{other:?}"),
+    for _ in 0..2 {
+        wechat::settle(db, &report(&pay_no, TradeState::Success, 1000, APPID), APPID, MCHID).await.unwrap();
     }
-    assert_eq!(env.balances(user).await.integral, m("0"), "nothing given back");
+    let refunds_made = refunds::list(db, &twice).await.unwrap();
+    assert_eq!(refunds_made.len(), 1, "one refund, however often WeChat reports it: {refunds_made:?}");
+    let auto = &refunds_made[0];
+    assert_eq!(
+        (auto.refund_no.clone(), auto.amount, auto.operator.as_str()),
+        (format!("AUTO-{pay_no}"), m("10.00"), "payfleet")
+    );
+    assert_eq!(auto.parts[0].pay_no, pay_no);
+    assert_eq!(order_state(db, &twice).await, ("PAID".into(), m("0")), "the order is as it was");
+    let alerts = wechat::alerts(db, &twice).await.unwrap();
+    assert!(alerts.iter().any(|(kind, detail)| kind == "double_payment" && detail.contains("AUTO-")), "{alerts:?}");
+    assert_eq!(requested_parts(db, &twice).await.len(), 1);
+    // A query answering REFUND later is our own refund: nothing more.
+    let refunded = wechat::settle(db, &report(&pay_no, TradeState::Refund, 1000, APPID), APPID, MCHID).await.unwrap();
+    assert_eq!(refunded, Settlement::Duplicate);
+    env.audit_is_clean().await;
+
+    let Refunded::Made(own) = refunds::create(db, &request(&twice, "T", None)).await.unwrap() else { panic!() };
+    assert_eq!(own.parts.iter().map(|p| p.method).collect::<Vec<_>>(), [PayMethod::Integral]);
+    assert_eq!(env.balances(user).await.integral, m("100"), "the integral back");
+    env.audit_is_clean().await;
 }
 
 proptest! {
@@ -267,4 +422,87 @@ async fn one_refund_no_for_two_orders_at_once_is_one_refund_and_one_conflict() {
     }
     assert_eq!(order_state(db, &second_order).await, ("PAID".into(), m("0")));
     env.audit_is_clean().await;
+}
+
+/// The expiry check and WeChat's late SUCCESS notify of a single WeChat payment race for the
+/// order's lock, which the test holds: expiry first closes the order and the late payment goes
+/// back in full, once; the notify first pays the order and expiry changes nothing.
+async fn expiry_against_a_late_notify(expiry_first: bool) {
+    let env = TestEnv::new().await;
+    let db = &env.admin.db;
+    let (user, _) = env.user("0", "0", "0").await;
+    let order = env.orders(user, env.goods("10.00").await, 1).await.remove(0);
+    let Begun::Prepay { pay_no, .. } =
+        wechat::begin(db, &create_request(user, &order), V3, Duration::from_secs(7000)).await.unwrap()
+    else {
+        panic!("a prepay")
+    };
+    sqlx::query("UPDATE orders SET expires_at = now() - interval '1 second' WHERE order_no = $1")
+        .bind(&order)
+        .execute(db)
+        .await
+        .unwrap();
+    let racers = PgPool::connect(&env.env["PAYFLEET__DATABASE__URL"]).await.unwrap();
+    let mut holder = db.begin().await.unwrap();
+    payfleet::store::orders::lock_one(&mut holder, &order).await.unwrap();
+    let expire = {
+        let (db, order, pay_no) = (racers.clone(), order.clone(), pay_no.clone());
+        move || tokio::spawn(async move { format!("{:?}", wechat::expire(&db, &order, Some(&pay_no)).await.unwrap()) })
+    };
+    let notify = {
+        let (db, pay_no) = (racers.clone(), pay_no.clone());
+        move || {
+            tokio::spawn(async move {
+                let r = report(&pay_no, TradeState::Success, 1000, APPID);
+                format!("{:?}", wechat::settle(&db, &r, APPID, MCHID).await.unwrap())
+            })
+        }
+    };
+    let (start_first, start_second): (Box<dyn FnOnce() -> _>, Box<dyn FnOnce() -> _>) =
+        if expiry_first { (Box::new(expire), Box::new(notify)) } else { (Box::new(notify), Box::new(expire)) };
+    let first = start_first();
+    until_waiting_on_locks(db, 1).await;
+    let second = start_second();
+    until_waiting_on_locks(db, 2).await;
+    holder.commit().await.unwrap();
+    let outcomes = (first.await.unwrap(), second.await.unwrap());
+    racers.close().await;
+
+    let payment: (String, Money) = sqlx::query_as("SELECT status, refunded FROM payments WHERE pay_no = $1")
+        .bind(&pay_no)
+        .fetch_one(db)
+        .await
+        .unwrap();
+    let listed = refunds::list(db, &order).await.unwrap();
+    let alerts = wechat::alerts(db, &order).await.unwrap();
+    if expiry_first {
+        assert_eq!(order_state(db, &order).await, ("CLOSED".into(), m("0")), "{outcomes:?}");
+        assert_eq!(payment, ("REFUNDED".into(), m("10.00")));
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!((listed[0].amount, listed[0].parts[0].method), (m("10.00"), PayMethod::Wechat));
+        assert_eq!(requested_parts(db, &order).await.len(), 1, "asked of WeChat once");
+        assert!(
+            alerts.iter().any(|(kind, detail)| kind == "paid_after_close" && detail.contains("AUTO-")),
+            "{alerts:?}"
+        );
+        // WeChat's notify again (its retries), or a query: the same payment, refunded once.
+        wechat::settle(db, &report(&pay_no, TradeState::Success, 1000, APPID), APPID, MCHID).await.unwrap();
+        assert_eq!(refunds::list(db, &order).await.unwrap().len(), 1);
+    } else {
+        assert_eq!(order_state(db, &order).await, ("PAID".into(), m("0")), "{outcomes:?}");
+        assert_eq!(payment, ("SUCCESS".into(), m("0")));
+        assert!(listed.is_empty(), "{listed:?}");
+        assert!(outcomes.1.contains("Unchanged"), "{outcomes:?}");
+    }
+    env.audit_is_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_as_the_order_expired_is_refunded_once_and_the_order_stays_closed() {
+    expiry_against_a_late_notify(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_before_the_expiry_check_pays_the_order_and_refunds_nothing() {
+    expiry_against_a_late_notify(false).await;
 }

@@ -1,6 +1,7 @@
 //! WeChat Pay end to end, for API v3 and v2: the real binaries (ingress, pay-worker,
 //! notify-worker, wechat-sim), paying through HTTP, WeChat notifying — genuinely, twice, late,
-//! never, with the wrong amount, forged — and orders running out of pay time.
+//! never, with the wrong amount, forged — orders running out of pay time, and refunds through
+//! WeChat settling by the refund notify or, when none comes, by query.
 
 use crate::common;
 
@@ -62,7 +63,10 @@ impl WechatFleet {
         let mut pay_env = for_binary(PAY_WORKER);
         pay_env.push(("PAYFLEET__WECHAT__NOTIFY_URL", &notify_url));
         fleet.spawn(PAY_WORKER, &pay_env).unwrap();
-        fleet.spawn(NOTIFY_WORKER, &for_binary(NOTIFY_WORKER)).unwrap();
+        let refund_notify_url = format!("{url}/api/v1/payment/wechat/refund-notify");
+        let mut notify_env = for_binary(NOTIFY_WORKER);
+        notify_env.push(("PAYFLEET__WECHAT__REFUND_NOTIFY_URL", &refund_notify_url));
+        fleet.spawn(NOTIFY_WORKER, &notify_env).unwrap();
         let api = ApiClient::new(&url);
         api.wait_ready(Duration::from_secs(30)).await.unwrap();
         let (_, token) = env.user("0", "0", "0").await;
@@ -579,12 +583,12 @@ async fn every_binary_works_with_a_broker_user_of_its_own_least_privileges() {
     // queues are declared beforehand by an administrator, as `payctl topology` does.
     let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     let ns = format!("lp{id}.");
-    let queue = |name: &str| format!("^lp{id}\\.{}$", name.replace('.', "\\."));
     let default_exchange = "^amq\\.default$";
     let ingress = BrokerUser::new(format!("pf-ingress-{id}"), "^$", default_exchange, "^$");
     let pay_queues = format!("^lp{id}\\.(pay\\.requests|pay\\.timeout)$");
     let pay = BrokerUser::new(format!("pf-pay-{id}"), "^$", default_exchange, &pay_queues);
-    let notify = BrokerUser::new(format!("pf-notify-{id}"), "^$", default_exchange, &queue("wechat.notify"));
+    let notify_queues = format!("^lp{id}\\.(wechat\\.notify|wechat\\.refund)$");
+    let notify = BrokerUser::new(format!("pf-notify-{id}"), "^$", default_exchange, &notify_queues);
     let settings = [("PAYFLEET__BROKER__NAMESPACE", ns.as_str()), ("PAYFLEET__BROKER__DECLARE_TOPOLOGY", "false")];
     let (ingress_url, pay_url, notify_url) = (ingress.url(), pay.url(), notify.url());
     let only = [
@@ -609,6 +613,17 @@ async fn every_binary_works_with_a_broker_user_of_its_own_least_privileges() {
     })
     .await;
     assert_eq!(w.env.balances(user).await.money, m("0.00"));
+    // A refund through WeChat: the notify-worker asks WeChat, the ingress queues the refund
+    // notify, the notify-worker settles it.
+    let operator = w.env.admin.tokens().unwrap().issue_operator("ops").unwrap();
+    let path = format!("/admin/v1/orders/{wechat_order}/refunds");
+    let r = w.api.post(&path, Some(&operator), &json!({ "refund_no": "LP1", "reason": "test" })).await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    eventually(Duration::from_secs(20), "refunded", || async { w.status(&wechat_order).await == "REFUNDED" }).await;
+    eventually(Duration::from_secs(20), "the refund settled", || async {
+        w.count("SELECT count(*) FROM refunds WHERE refund_no = $1 AND status = 'SUCCESS'", "LP1").await == 1
+    })
+    .await;
 
     // And no more than that: the ingress's user can neither take pay requests nor make queues.
     let mut broker = w.env.settings.broker.clone();
@@ -728,4 +743,143 @@ async fn v3_mixed_payments_with_a_wechat_part() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_mixed_payments_with_a_wechat_part() {
     mixed_payments_with_a_wechat_part("v2").await;
+}
+
+/// An operator's refunds of a WeChat-paid order: asked of WeChat by the notify-worker, settled
+/// by WeChat's refund notify (v3 signed, v2 with its encrypted req_info) or, when none comes, by
+/// querying; an ABNORMAL refund is surfaced and never asked for again.
+async fn refunds_through_wechat(version: &str) {
+    // Refunds are queried on the notice tiers: quick ones here.
+    let quick = [("PAYFLEET__BROKER__NOTICE_RETRY_DELAYS_MS", "300,600,1200,2400,4800")];
+    let w = WechatFleet::start(&format!("wechat-refunds-{version}"), version, &quick, &[]).await;
+    let operator = w.env.admin.tokens().unwrap().issue_operator("ops.alice").unwrap();
+    let (order_no, pay_no) = w.created().await;
+    assert_eq!(w.sim.pay(&pay_no, None).await.status(), 200);
+    eventually(Duration::from_secs(20), "the order paid", || async { w.status(&order_no).await == "SUCCESS" }).await;
+    let path = format!("/admin/v1/orders/{order_no}/refunds");
+    let refund = |body: serde_json::Value| {
+        let (api, path, operator) = (w.api.clone(), path.clone(), operator.clone());
+        async move { api.post(&path, Some(&operator), &body).await.unwrap() }
+    };
+    let refund_status = |refund_no: &'static str| {
+        let (api, path, operator) = (w.api.clone(), path.clone(), operator.clone());
+        async move {
+            let listed = api.get(&path, Some(&operator)).await.unwrap();
+            listed.data()["refunds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["refund_no"] == refund_no)
+                .map(|r| r["status"].as_str().unwrap().to_owned())
+        }
+    };
+
+    // 3.00 back: asked of WeChat, settled by its refund notify. WeChat takes a second to pay it
+    // out: the notify-worker's queries at 0.3 s and 0.9 s find it processing, its next one
+    // comes at 2.1 s, and the notify at 1 s settles it.
+    w.sim.refund_fault(&pay_no, Some("delay"), Some(1000)).await;
+    let r = refund(json!({ "refund_no": "R1", "amount": "3.00", "reason": "a prize was missing" })).await;
+    assert_eq!((r.status, r.field("status")), (200, "PROCESSING"), "{:?}", r.body);
+    eventually(Duration::from_secs(20), "R1 settled by the refund notify", || async {
+        refund_status("R1").await.as_deref() == Some("SUCCESS")
+    })
+    .await;
+    let notified: Vec<(u16, String)> =
+        w.sim.notifies(&pay_no).await.into_iter().filter(|(_, d)| d.starts_with("refund")).collect();
+    assert!(notified.iter().any(|(status, _)| *status == 200), "the refund notify was answered: {notified:?}");
+    let settled_by: String = sqlx::query_scalar(
+        "SELECT rp.report_raw FROM refund_parts rp WHERE rp.refund_no = 'R1' AND rp.method = 'wechat'",
+    )
+    .fetch_one(&w.env.admin.db)
+    .await
+    .unwrap();
+    let notify_marker = if version == "v3" { "REFUND.SUCCESS" } else { "req_info" };
+    assert!(settled_by.contains(notify_marker), "settled by the notify, not a query: {settled_by}");
+    let status = w.api.status(&w.token, &order_no).await.unwrap();
+    assert_eq!(status.field("pay_status"), "PARTIALLY_REFUNDED", "{:?}", status.body);
+    // Sent again, the same refund.
+    let again = refund(json!({ "refund_no": "R1", "amount": "3.00", "reason": "a prize was missing" })).await;
+    assert_eq!((again.status, again.field("status")), (200, "SUCCESS"), "{:?}", again.body);
+
+    // The rest, with WeChat never notifying: the notify-worker's queries settle it.
+    w.sim.refund_fault(&pay_no, Some("never"), None).await;
+    let r = refund(json!({ "refund_no": "R2", "reason": "the box sold out" })).await;
+    assert_eq!((r.status, r.field("status")), (200, "PROCESSING"), "{:?}", r.body);
+    eventually(Duration::from_secs(30), "R2 settled by query", || async {
+        refund_status("R2").await.as_deref() == Some("SUCCESS")
+    })
+    .await;
+    let status = w.api.status(&w.token, &order_no).await.unwrap();
+    assert_eq!(status.field("pay_status"), "REFUNDED", "{:?}", status.body);
+    let asked = w.sim.refund_requests(&pay_no).await;
+    assert_eq!(asked.len(), 2, "each part asked of WeChat once: {asked:?}");
+    let refunded: i64 = w
+        .count("SELECT count(*) FROM profit_pay WHERE order_no = $1 AND pay_type = 1 AND change_money > 0", &order_no)
+        .await;
+    assert_eq!(refunded, 2, "a profit_pay row per settled WeChat part");
+
+    // ABNORMAL: surfaced to operators, never asked for again.
+    let (abnormal_order, abnormal_pay) = w.created().await;
+    assert_eq!(w.sim.pay(&abnormal_pay, None).await.status(), 200);
+    eventually(Duration::from_secs(20), "the second order paid", || async {
+        w.status(&abnormal_order).await == "SUCCESS"
+    })
+    .await;
+    w.sim.refund_fault(&abnormal_pay, Some("abnormal"), None).await;
+    let path = format!("/admin/v1/orders/{abnormal_order}/refunds");
+    let r = w.api.post(&path, Some(&operator), &json!({ "refund_no": "R3", "reason": "changed mind" })).await.unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    eventually(Duration::from_secs(20), "the abnormal refund surfaced", || async {
+        w.count("SELECT count(*) FROM payment_alerts WHERE order_no = $1 AND kind = 'refund_abnormal'", &abnormal_order)
+            .await
+            == 1
+    })
+    .await;
+    let listed = w.api.get(&path, Some(&operator)).await.unwrap();
+    assert_eq!(listed.data()["refunds"][0]["status"], "ABNORMAL", "{:?}", listed.body);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(w.sim.refund_requests(&abnormal_pay).await.len(), 1, "asked once, never again");
+
+    // Paid as the order closed: the expiry check closed it here, its close at WeChat lost on the
+    // way, and the payer paid. The money goes back in full by itself, once; the order stays closed.
+    let (late_order, late_pay) = w.created().await;
+    let db = &w.env.admin.db;
+    sqlx::query("UPDATE orders SET expires_at = now() - interval '1 second' WHERE order_no = $1")
+        .bind(&late_order)
+        .execute(db)
+        .await
+        .unwrap();
+    let closed = payfleet::store::wechat::expire(db, &late_order, Some(&late_pay)).await.unwrap();
+    assert_eq!(closed, payfleet::store::wechat::Expiry::Closed);
+    assert_eq!(w.sim.pay(&late_pay, None).await.status(), 200);
+    let auto = format!("AUTO-{late_pay}");
+    eventually(Duration::from_secs(30), "the late payment refunded", || async {
+        w.count("SELECT count(*) FROM refunds WHERE refund_no = $1 AND status = 'SUCCESS'", &auto).await == 1
+    })
+    .await;
+    assert_eq!(w.status(&late_order).await, "CLOSED");
+    assert_eq!(
+        w.sim.refund_requests(&late_pay).await,
+        [format!("refund {}", {
+            let part: String = sqlx::query_scalar("SELECT part_no FROM refund_parts WHERE refund_no = $1")
+                .bind(&auto)
+                .fetch_one(db)
+                .await
+                .unwrap();
+            part
+        })]
+    );
+    let alerts = payfleet::store::wechat::alerts(db, &late_order).await.unwrap();
+    assert!(alerts.iter().any(|(kind, _)| kind == "paid_after_close"), "{alerts:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_through_wechat_v3() {
+    refunds_through_wechat("v3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_through_wechat_v2() {
+    refunds_through_wechat("v2").await;
 }

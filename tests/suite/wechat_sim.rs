@@ -1,5 +1,6 @@
 //! The WeChat clients (v2 and v3) against wechat-sim: requests signed and verified both ways,
-//! prepay, query, close, pay params, and notifies that verify — or, forged, do not.
+//! prepay, query, close, pay params, and notifies that verify — or, forged, do not; refunds
+//! that settle a moment later with their own notify, under refund faults too.
 
 use crate::common;
 
@@ -7,11 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use common::sim::SimHandle;
 use common::{config_dir, m};
-use payfleet::channel::{ChannelError, Prepaid, PrepayOrder, Trade, TradeState, TradeType};
+use payfleet::channel::{ChannelError, Prepaid, PrepayOrder, RefundState, Trade, TradeState, TradeType};
 use payfleet::config::Settings;
+use payfleet::wechat::v2::req_info;
 use payfleet::wechat::v3::crypto::SignedHeaders;
 use payfleet::wechat::{Notified, SignedNotify, Wechat};
 use time::OffsetDateTime;
@@ -21,6 +23,12 @@ type Inbox = Arc<Mutex<Vec<(SignedHeaders, Vec<u8>)>>>;
 
 /// A merchant notify endpoint that keeps what it gets and answers success.
 async fn receiver() -> (String, Inbox) {
+    receiver_failing(0).await
+}
+
+/// A merchant notify endpoint that keeps what it gets and answers failure to the first
+/// `failures` notifies (v3: 500; v2: 200 with return_code FAIL), success after.
+async fn receiver_failing(failures: usize) -> (String, Inbox) {
     let inbox: Inbox = Arc::default();
     let kept = inbox.clone();
     let app = axum::Router::new().route(
@@ -36,8 +44,17 @@ async fn receiver() -> (String, Inbox) {
                     serial: get("wechatpay-serial"),
                 };
                 let xml = body.first() == Some(&b'<');
-                kept.lock().unwrap().push((signed, body.to_vec()));
-                if xml { "<xml><return_code><![CDATA[SUCCESS]]></return_code></xml>".to_owned() } else { String::new() }
+                let seen = {
+                    let mut kept = kept.lock().unwrap();
+                    kept.push((signed, body.to_vec()));
+                    kept.len()
+                };
+                match (xml, seen > failures) {
+                    (true, true) => (StatusCode::OK, "<xml><return_code><![CDATA[SUCCESS]]></return_code></xml>"),
+                    (true, false) => (StatusCode::OK, "<xml><return_code><![CDATA[FAIL]]></return_code></xml>"),
+                    (false, true) => (StatusCode::OK, ""),
+                    (false, false) => (StatusCode::INTERNAL_SERVER_ERROR, ""),
+                }
             }
         }),
     );
@@ -75,6 +92,7 @@ fn verified(wechat: &Wechat, headers: &SignedHeaders, body: &[u8]) -> Result<Tra
     match wechat.verify_notify(&signed, Some(now), None).map_err(|e| e.to_string())? {
         Notified::Trade(notify) => Ok(notify.trade),
         Notified::Other { event_type, .. } => Err(format!("not a payment: {event_type}")),
+        Notified::Refund(refund) => Err(format!("not a payment: {}", refund.event_type)),
     }
 }
 
@@ -269,7 +287,8 @@ async fn refunds_bills_tokens_and_shipping() {
     sim.pay("WX0000000001", None).await;
     wait_for(&inbox, 1).await;
 
-    // Refunds: partial, idempotent by out_refund_no, never more than was paid; notified.
+    // Refunds: partial, idempotent by out_refund_no, never more than was paid (a refund still
+    // PROCESSING counts); notified once settled.
     let refund = |no: &'static str, amount: i64| {
         serde_json::json!({ "out_trade_no": "WX0000000001", "out_refund_no": no, "notify_url": notify_url,
                             "amount": { "refund": amount, "total": 1000, "currency": "CNY" } })
@@ -277,7 +296,8 @@ async fn refunds_bills_tokens_and_shipping() {
     let (status, body, signed) = caller.call("POST", "/v3/refund/domestic/refunds", Some(refund("RF1", 300))).await;
     assert_eq!((status, signed), (200, true), "{}", String::from_utf8_lossy(&body));
     let first = json_of(&body);
-    assert_eq!((first["status"].as_str(), first["amount"]["refund"].as_i64()), (Some("SUCCESS"), Some(300)));
+    assert_eq!((first["status"].as_str(), first["amount"]["refund"].as_i64()), (Some("PROCESSING"), Some(300)));
+    assert!(first.get("success_time").is_none(), "not refunded yet: {first}");
     let (_, body, _) = caller.call("POST", "/v3/refund/domestic/refunds", Some(refund("RF1", 300))).await;
     assert_eq!(json_of(&body)["refund_id"], first["refund_id"], "the same out_refund_no is the same refund");
     let (status, body, _) = caller.call("POST", "/v3/refund/domestic/refunds", Some(refund("RF2", 800))).await;
@@ -286,7 +306,9 @@ async fn refunds_bills_tokens_and_shipping() {
     assert_eq!((status, signed, json_of(&body)["out_trade_no"].as_str()), (200, true, Some("WX0000000001")));
     let (status, body, _) = caller.call("GET", "/v3/refund/domestic/refunds/RF9", None).await;
     assert_eq!((status, json_of(&body)["code"].as_str()), (404, Some("RESOURCE_NOT_EXISTS")));
+    assert_eq!(sim.refund_requests("WX0000000001").await, ["refund RF1", "refund RF1"], "each request, repeats too");
     let received = wait_for(&inbox, 2).await;
+    assert_eq!(settled(&caller, "RF1").await["status"], "SUCCESS");
     let (headers, body) = &received[1];
     let platform = &caller.platform;
     platform.verify(headers, body, OffsetDateTime::now_utc().unix_timestamp()).unwrap();
@@ -384,24 +406,84 @@ async fn refunds_bills_tokens_and_shipping() {
     assert_eq!(ship(current.clone(), second.clone()).await, 0);
     assert_eq!(ship(current.clone(), second.clone()).await, 0, "the one re-shipment");
     assert_eq!(ship(current, second).await, 10060003);
-    let key = std::fs::read_to_string(sim.dir.join("api_v2_key")).unwrap();
-    let mut fields: std::collections::BTreeMap<String, String> = [
-        ("appid", "wxd930ea5d5a258f4f"),
-        ("mch_id", "1900000109"),
-        ("nonce_str", "n0nce"),
-        ("out_trade_no", "WX0000000002"),
-        ("out_refund_no", "RF2-1"),
-        ("total_fee", "1000"),
-        ("refund_fee", "1000"),
-    ]
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .into();
-    fields.insert(
-        "sign".into(),
-        payfleet::wechat::v2::sign::sign(&fields, key.trim(), payfleet::wechat::v2::sign::SignType::Md5),
+    let answer = v2_call(
+        &sim,
+        "/secapi/pay/refund",
+        &[("out_trade_no", "WX0000000002"), ("out_refund_no", "RF2-1"), ("total_fee", "1000"), ("refund_fee", "1000")],
+    )
+    .await;
+    assert_eq!(
+        (answer["return_code"].as_str(), answer["result_code"].as_str(), answer["refund_fee"].as_str()),
+        ("SUCCESS", "SUCCESS", "1000")
     );
-    let answer = http
-        .post(format!("{}/secapi/pay/refund", sim.url))
+}
+
+const REFUNDS: &str = "/v3/refund/domestic/refunds";
+
+/// A key file the simulator wrote.
+fn sim_key(sim: &SimHandle, name: &str) -> String {
+    std::fs::read_to_string(sim.dir.join(name)).unwrap().trim().to_owned()
+}
+
+/// The body of a v3 refund request of a 10.00 trade.
+fn v3_refund(out_trade_no: &str, out_refund_no: &str, refund: i64, notify_url: &str) -> serde_json::Value {
+    serde_json::json!({ "out_trade_no": out_trade_no, "out_refund_no": out_refund_no, "notify_url": notify_url,
+                        "amount": { "refund": refund, "total": 1000, "currency": "CNY" } })
+}
+
+/// A v3 refund as the query answers it once it is no longer PROCESSING (or after 5 s).
+async fn settled(caller: &V3Caller, out_refund_no: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body, signed) = caller.call("GET", &format!("{REFUNDS}/{out_refund_no}"), None).await;
+        assert_eq!((status, signed), (200, true), "{}", String::from_utf8_lossy(&body));
+        let refund = json_of(&body);
+        if refund["status"] != "PROCESSING" || std::time::Instant::now() > deadline {
+            return refund;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A v3 refund notify, its signature checked against WeChat's key and its resource opened
+/// with the APIv3 key: (event_type, the refund).
+fn open_v3_refund(
+    sim: &SimHandle,
+    caller: &V3Caller,
+    notify: &(SignedHeaders, Vec<u8>),
+) -> (String, serde_json::Value) {
+    let (headers, body) = notify;
+    caller.platform.verify(headers, body, OffsetDateTime::now_utc().unix_timestamp()).unwrap();
+    let notify: payfleet::wechat::v3::types::Notify = serde_json::from_slice(body).unwrap();
+    assert_eq!((notify.resource_type.as_str(), notify.resource.original_type.as_str()), ("encrypt-resource", "refund"));
+    assert_eq!(
+        (notify.resource.algorithm.as_str(), notify.resource.associated_data.as_deref()),
+        ("AEAD_AES_256_GCM", Some("refund"))
+    );
+    let plain = payfleet::wechat::v3::crypto::decrypt_resource(
+        sim_key(sim, "api_v3_key").as_bytes(),
+        &notify.resource.nonce,
+        "refund",
+        &notify.resource.ciphertext,
+    )
+    .unwrap();
+    (notify.event_type, json_of(&plain))
+}
+
+/// A v2 call signed (MD5) with the simulator's APIv2 key; answers the answer's fields, whose
+/// `sign` it checks where WeChat signs.
+async fn v2_call(sim: &SimHandle, path: &str, pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    use payfleet::wechat::v2::sign::{SignType, sign, verify};
+    let key = sim_key(sim, "api_v2_key");
+    let mut fields: std::collections::BTreeMap<String, String> =
+        [("appid", "wxd930ea5d5a258f4f"), ("mch_id", "1900000109"), ("nonce_str", "n0nce")]
+            .iter()
+            .chain(pairs)
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+    fields.insert("sign".into(), sign(&fields, &key, SignType::Md5));
+    let answer = reqwest::Client::new()
+        .post(format!("{}{path}", sim.url))
         .body(payfleet::wechat::v2::xml::write(&fields))
         .send()
         .await
@@ -410,9 +492,286 @@ async fn refunds_bills_tokens_and_shipping() {
         .await
         .unwrap();
     let answer = payfleet::wechat::v2::xml::read(&answer).unwrap();
+    if answer["return_code"] == "SUCCESS" {
+        assert!(verify(&answer, &key, SignType::Md5), "{answer:?}");
+    }
+    answer
+}
+
+/// The refund notify attempts the simulator made for a trade: (status answered, detail).
+async fn refund_attempts(sim: &SimHandle, out_trade_no: &str) -> Vec<(u16, String)> {
+    sim.notifies(out_trade_no).await.into_iter().filter(|(_, detail)| detail.starts_with("refund attempt")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v3_refund_is_processing_until_it_settles_then_notified() {
+    let sim = SimHandle::start(&[100, 100]).await;
+    let (notify_url, inbox) = receiver().await;
+    let wechat = channel(&sim, &[("PAYFLEET__WECHAT__NOTIFY_URL", notify_url.as_str())]);
+    let caller = V3Caller::new(&sim);
+    let no = "WX0000000001";
+    wechat.prepay(&order(no, TradeType::Jsapi)).await.unwrap();
+    sim.pay(no, None).await;
+    assert_eq!(wait_for(&inbox, 1).await.len(), 1);
+
+    let asked = std::time::Instant::now();
+    let (status, body, _) = caller.call("POST", REFUNDS, Some(v3_refund(no, "RF1", 300, &notify_url))).await;
+    let accepted = json_of(&body);
+    assert_eq!((status, accepted["status"].as_str()), (200, Some("PROCESSING")), "{accepted}");
+    assert_eq!(inbox.lock().unwrap().len(), 1, "no refund notify before the refund settles");
+    let done = settled(&caller, "RF1").await;
+    assert!(asked.elapsed() >= Duration::from_millis(200), "PROCESSING for 200 ms first");
+    assert_eq!(done["status"], "SUCCESS");
+    assert!(done["success_time"].as_str().is_some_and(|t| t.ends_with("+08:00")), "{done}");
+
+    let received = wait_for(&inbox, 2).await;
+    assert_eq!(received.len(), 2);
+    let (event_type, refund) = open_v3_refund(&sim, &caller, &received[1]);
+    assert_eq!(event_type, "REFUND.SUCCESS");
+    let transaction_id = sim.order(no).await.unwrap()["transaction_id"].clone();
     assert_eq!(
-        (answer["return_code"].as_str(), answer["result_code"].as_str(), answer["refund_fee"].as_str()),
-        ("SUCCESS", "SUCCESS", "1000")
+        refund,
+        serde_json::json!({
+            "mchid": "1900000109", "transaction_id": transaction_id, "out_trade_no": no,
+            "refund_id": accepted["refund_id"], "out_refund_no": "RF1", "refund_status": "SUCCESS",
+            "success_time": done["success_time"], "user_received_account": "支付用户零钱",
+            "amount": { "total": 1000, "refund": 300, "payer_total": 1000, "payer_refund": 300 },
+        })
     );
-    assert!(payfleet::wechat::v2::sign::verify(&answer, key.trim(), payfleet::wechat::v2::sign::SignType::Md5));
+    // The fleet's own refund-notify path takes it as the refund's progress.
+    let signed = SignedNotify::received(received[1].0.clone(), &received[1].1).unwrap();
+    let opened = wechat.verify_refund_notify(&signed, Some(OffsetDateTime::now_utc().unix_timestamp())).unwrap();
+    assert_eq!((opened.event_type.as_str(), opened.refund.out_refund_no.as_str()), ("REFUND.SUCCESS", "RF1"));
+    assert_eq!((opened.refund.state, opened.refund.refund_fen), (RefundState::Success, 300));
+
+    // Asked again: the same refund as it is now, and no second notify.
+    let (_, body, _) = caller.call("POST", REFUNDS, Some(v3_refund(no, "RF1", 300, &notify_url))).await;
+    let again = json_of(&body);
+    assert_eq!((&again["refund_id"], again["status"].as_str()), (&accepted["refund_id"], Some("SUCCESS")));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(inbox.lock().unwrap().len(), 2, "one refund, one notify");
+    assert_eq!(refund_attempts(&sim, no).await, [(200, "refund attempt 1".to_owned())]);
+    assert_eq!(sim.refund_requests(no).await, ["refund RF1", "refund RF1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_faults_shape_how_refunds_settle() {
+    let sim = SimHandle::start(&[100, 100]).await;
+    let (notify_url, inbox) = receiver().await;
+    let wechat = channel(&sim, &[("PAYFLEET__WECHAT__NOTIFY_URL", notify_url.as_str())]);
+    let caller = V3Caller::new(&sim);
+    let no = "WX0000000001";
+    wechat.prepay(&order(no, TradeType::Jsapi)).await.unwrap();
+    sim.pay(no, None).await;
+    assert_eq!(wait_for(&inbox, 1).await.len(), 1);
+    let ask = |out_refund_no: &'static str| {
+        let (caller, notify_url) = (&caller, &notify_url);
+        async move {
+            let (status, body, _) =
+                caller.call("POST", REFUNDS, Some(v3_refund(no, out_refund_no, 100, notify_url))).await;
+            assert_eq!((status, json_of(&body)["status"].as_str()), (200, Some("PROCESSING")), "{out_refund_no}");
+        }
+    };
+
+    // never: refunded all the same, but only a query says so.
+    sim.refund_fault(no, Some("never"), None).await;
+    ask("RF-NEVER").await;
+    assert_eq!(settled(&caller, "RF-NEVER").await["status"], "SUCCESS");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(inbox.lock().unwrap().len(), 1, "no refund notify under the never fault");
+
+    // abnormal and closed: settled so, and notified so, without a success time.
+    for (fault, status, event_type, notifies) in
+        [("abnormal", "ABNORMAL", "REFUND.ABNORMAL", 2), ("closed", "CLOSED", "REFUND.CLOSED", 3)]
+    {
+        sim.refund_fault(no, Some(fault), None).await;
+        let out_refund_no = if fault == "abnormal" { "RF-ABNORMAL" } else { "RF-CLOSED" };
+        ask(out_refund_no).await;
+        let done = settled(&caller, out_refund_no).await;
+        assert_eq!(done["status"], status);
+        assert!(done.get("success_time").is_none(), "{done}");
+        let received = wait_for(&inbox, notifies).await;
+        assert_eq!(received.len(), notifies);
+        let (event, refund) = open_v3_refund(&sim, &caller, &received[notifies - 1]);
+        assert_eq!(
+            (event.as_str(), &refund["refund_status"], &refund["out_refund_no"]),
+            (event_type, &status.into(), &out_refund_no.into())
+        );
+        assert!(refund.get("success_time").is_none(), "{refund}");
+        let signed = SignedNotify::received(received[notifies - 1].0.clone(), &received[notifies - 1].1).unwrap();
+        let opened = wechat.verify_refund_notify(&signed, None).unwrap();
+        assert_eq!(opened.refund.state.as_str(), status);
+    }
+
+    // delay: PROCESSING for delay_ms, then SUCCESS and notified.
+    sim.refund_fault(no, Some("delay"), Some(600)).await;
+    let asked = std::time::Instant::now();
+    ask("RF-DELAY").await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let (_, body, _) = caller.call("GET", &format!("{REFUNDS}/RF-DELAY"), None).await;
+    assert_eq!(json_of(&body)["status"], "PROCESSING", "still within delay_ms");
+    let received = wait_for(&inbox, 4).await;
+    assert_eq!(received.len(), 4);
+    assert!(asked.elapsed() >= Duration::from_millis(600), "notified after delay_ms");
+    let (event, refund) = open_v3_refund(&sim, &caller, &received[3]);
+    assert_eq!((event.as_str(), &refund["out_refund_no"]), ("REFUND.SUCCESS", &"RF-DELAY".into()));
+    assert_eq!(settled(&caller, "RF-DELAY").await["status"], "SUCCESS");
+
+    // Cleared: back to 200 ms and SUCCESS.
+    sim.refund_fault(no, None, None).await;
+    let asked = std::time::Instant::now();
+    ask("RF-PLAIN").await;
+    let received = wait_for(&inbox, 5).await;
+    assert_eq!(received.len(), 5);
+    assert!(asked.elapsed() < Duration::from_millis(2000), "the default, not the delay fault's 3 s");
+    assert_eq!(open_v3_refund(&sim, &caller, &received[4]).0, "REFUND.SUCCESS");
+    assert_eq!(sim.refund_requests(no).await.len(), 5);
+
+    // An unknown fault is refused.
+    let refused = reqwest::Client::new()
+        .post(format!("{}/sim/refund-fault", sim.url))
+        .json(&serde_json::json!({ "out_trade_no": no, "fault": "sometimes" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+
+    // Faults belong to their trade; the merchant platform's refund settles at once regardless.
+    let other = "WX0000000002";
+    wechat.prepay(&order(other, TradeType::Jsapi)).await.unwrap();
+    sim.pay(other, None).await;
+    assert_eq!(wait_for(&inbox, 6).await.len(), 6);
+    sim.refund_fault(other, Some("closed"), None).await;
+    let refunded: serde_json::Value = sim.refund(other, &notify_url).await.json().await.unwrap();
+    assert_eq!(refunded["status"], "SUCCESS", "{refunded}");
+    let received = wait_for(&inbox, 7).await;
+    assert_eq!(received.len(), 7);
+    assert_eq!(open_v3_refund(&sim, &caller, &received[6]).0, "REFUND.SUCCESS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_refund_is_notified_with_req_info_and_queried() {
+    let sim = SimHandle::start(&[100, 100]).await;
+    let (pay_url, pay_inbox) = receiver().await;
+    // The merchant's first answer to a refund notify is a FAIL: WeChat must try again.
+    let (refund_url, refund_inbox) = receiver_failing(1).await;
+    let v2 =
+        channel(&sim, &[("PAYFLEET__WECHAT__API_VERSION", "v2"), ("PAYFLEET__WECHAT__NOTIFY_URL", pay_url.as_str())]);
+    let no = "WX0000000001";
+    v2.prepay(&order(no, TradeType::Jsapi)).await.unwrap();
+    sim.pay(no, None).await;
+    assert_eq!(wait_for(&pay_inbox, 1).await.len(), 1);
+    let transaction_id = sim.order(no).await.unwrap()["transaction_id"].as_str().unwrap().to_owned();
+    let refund = |out_refund_no: &'static str, fee: &'static str| {
+        let (sim, refund_url) = (&sim, &refund_url);
+        async move {
+            let fields = [
+                ("out_trade_no", no),
+                ("out_refund_no", out_refund_no),
+                ("total_fee", "1000"),
+                ("refund_fee", fee),
+                ("notify_url", refund_url.as_str()),
+            ];
+            let answer = v2_call(sim, "/secapi/pay/refund", &fields).await;
+            assert_eq!(answer["result_code"], "SUCCESS", "{answer:?}");
+            answer
+        }
+    };
+    let query = |by: &'static str, value: String| {
+        let sim = &sim;
+        async move { v2_call(sim, "/pay/refundquery", &[(by, value.as_str())]).await }
+    };
+
+    // Accepted, not done: the query says PROCESSING.
+    let accepted = refund("RF1", "300").await;
+    let q = query("out_refund_no", "RF1".into()).await;
+    assert_eq!((q["result_code"].as_str(), q["refund_count"].as_str()), ("SUCCESS", "1"));
+    assert_eq!((q["out_refund_no_0"].as_str(), q["refund_status_0"].as_str()), ("RF1", "PROCESSING"));
+    assert_eq!((q["total_fee"].as_str(), q["cash_fee"].as_str(), q["refund_fee_0"].as_str()), ("1000", "1000", "300"));
+    assert_eq!((&q["refund_id_0"], &q["transaction_id"]), (&accepted["refund_id"], &transaction_id));
+    assert!(!q.contains_key("refund_success_time_0"));
+
+    // Settled: notified, the FAIL answered, and sent again.
+    let received = wait_for(&refund_inbox, 2).await;
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].1, received[1].1, "the same notify again");
+    let attempts = refund_attempts(&sim, no).await;
+    assert_eq!(attempts, [(200, "refund attempt 1".to_owned()), (200, "refund attempt 2".to_owned())]);
+    let body = String::from_utf8(received[1].1.clone()).unwrap();
+    let outer = payfleet::wechat::v2::xml::read(&body).unwrap();
+    assert_eq!(
+        outer.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["appid", "mch_id", "nonce_str", "req_info", "return_code"]
+    );
+    assert_eq!((outer["return_code"].as_str(), outer["appid"].as_str()), ("SUCCESS", "wxd930ea5d5a258f4f"));
+    let key = sim_key(&sim, "api_v2_key");
+    let inner = req_info::decrypt(&key, &outer["req_info"]).unwrap();
+    assert!(inner.starts_with("<root>") && inner.ends_with("</root>"), "{inner}");
+    assert!(req_info::decrypt("0123456789abcdef0123456789abcdef", &outer["req_info"]).is_err());
+    let q = query("out_refund_no", "RF1".into()).await;
+    assert_eq!(q["refund_status_0"], "SUCCESS");
+    let success_time = q["refund_success_time_0"].clone();
+    assert!(payfleet::wechat::v2::client::parse_beijing_dashed(&success_time).is_some(), "{success_time}");
+    let expected: std::collections::BTreeMap<String, String> = [
+        ("out_refund_no", "RF1"),
+        ("out_trade_no", no),
+        ("transaction_id", &transaction_id),
+        ("refund_id", &accepted["refund_id"]),
+        ("total_fee", "1000"),
+        ("refund_fee", "300"),
+        ("settlement_total_fee", "1000"),
+        ("settlement_refund_fee", "300"),
+        ("refund_status", "SUCCESS"),
+        ("success_time", &success_time),
+        ("refund_recv_accout", "支付用户零钱"),
+        ("refund_account", "REFUND_SOURCE_UNSETTLED_FUNDS"),
+        ("refund_request_source", "API"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .into();
+    assert_eq!(payfleet::wechat::v2::xml::read(&inner).unwrap(), expected);
+    // The fleet's own path opens it.
+    let signed = SignedNotify::received(received[1].0.clone(), body.as_bytes()).unwrap();
+    let opened = v2.verify_refund_notify(&signed, None).unwrap();
+    assert_eq!((opened.refund.out_refund_no.as_str(), opened.refund.state), ("RF1", RefundState::Success));
+    assert_eq!((opened.refund.refund_fen, opened.refund.success_time.is_some()), (300, true));
+
+    // Abnormal and closed, in v2's words: CHANGE and REFUNDCLOSE, with no success time.
+    sim.refund_fault(no, Some("abnormal"), None).await;
+    refund("RF2", "100").await;
+    sim.refund_fault(no, Some("closed"), None).await;
+    refund("RF3", "100").await;
+    let received = wait_for(&refund_inbox, 4).await;
+    assert_eq!(received.len(), 4);
+    let statuses: Vec<(String, String, bool)> = received[2..]
+        .iter()
+        .map(|(_, body)| {
+            let outer = payfleet::wechat::v2::xml::read(std::str::from_utf8(body).unwrap()).unwrap();
+            let inner = payfleet::wechat::v2::xml::read(&req_info::decrypt(&key, &outer["req_info"]).unwrap()).unwrap();
+            (inner["out_refund_no"].clone(), inner["refund_status"].clone(), inner.contains_key("success_time"))
+        })
+        .collect();
+    let mut statuses = statuses;
+    statuses.sort();
+    assert_eq!(statuses, [("RF2".into(), "CHANGE".into(), false), ("RF3".into(), "REFUNDCLOSE".into(), false)]);
+
+    // By the trade, every refund, oldest first; by a refund's number or id, that one alone.
+    for (by, value) in [("out_trade_no", no.to_owned()), ("transaction_id", transaction_id.clone())] {
+        let q = query(by, value).await;
+        assert_eq!(q["refund_count"], "3", "{by}");
+        let listed: Vec<(&str, &str)> = (0..3)
+            .map(|i| (q[&format!("out_refund_no_{i}")].as_str(), q[&format!("refund_status_{i}")].as_str()))
+            .collect();
+        assert_eq!(listed, [("RF1", "SUCCESS"), ("RF2", "CHANGE"), ("RF3", "REFUNDCLOSE")], "{by}");
+        assert!(q.contains_key("refund_success_time_0") && !q.contains_key("refund_success_time_1"));
+    }
+    let q = query("out_refund_no", "RF2".into()).await;
+    assert_eq!((q["refund_count"].as_str(), q["out_refund_no_0"].as_str()), ("1", "RF2"));
+    let q = query("refund_id", q["refund_id_0"].clone()).await;
+    assert_eq!((q["refund_count"].as_str(), q["refund_status_0"].as_str()), ("1", "CHANGE"));
+    let q = query("out_refund_no", "RF9".into()).await;
+    assert_eq!((q["result_code"].as_str(), q["err_code"].as_str()), ("FAIL", "REFUNDNOTEXIST"));
+    // The fleet's own query reads the answer.
+    assert_eq!(v2.query_refund("RF3").await.unwrap().state, RefundState::Closed);
+    assert_eq!(sim.refund_requests(no).await, ["refund RF1", "refund RF2", "refund RF3"]);
 }

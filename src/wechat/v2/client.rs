@@ -9,7 +9,9 @@ use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 
 use super::sign::{SignType, sign, verify};
 use super::xml;
-use crate::channel::{ChannelError, Prepaid, PrepayOrder, Trade, TradeState, TradeType};
+use crate::channel::{
+    ChannelError, ChannelRefund, Prepaid, PrepayOrder, RefundOrder, RefundState, Trade, TradeState, TradeType,
+};
 use crate::wechat::v3::sign::nonce;
 
 pub struct Client {
@@ -18,6 +20,11 @@ pub struct Client {
     pub(crate) appid: String,
     pub(crate) mchid: String,
     pub(crate) notify_url: String,
+    /// Where WeChat sends the notifies of our refunds.
+    pub(crate) refund_notify_url: String,
+    /// The client of `/secapi/…` calls (refunds): it presents the merchant API certificate
+    /// where one is configured (`wechat.v2_client_cert_file`).
+    pub(crate) secapi: reqwest::Client,
     pub(crate) key: SecretString,
     /// The sign type of requests, and of notifies that do not name one.
     pub(crate) sign_type: SignType,
@@ -67,9 +74,9 @@ impl Client {
         path: &str,
         fields: BTreeMap<String, String>,
     ) -> Result<BTreeMap<String, String>, ChannelError> {
+        let http = if path.starts_with("/secapi/") { &self.secapi } else { &self.http };
         let body = xml::write(&self.signed(fields));
-        let response = self
-            .http
+        let response = http
             .post(format!("{}{path}", self.base))
             .header("Content-Type", "text/xml; charset=utf-8")
             .body(body)
@@ -94,10 +101,10 @@ impl Client {
             let code = answer.get("err_code").cloned().unwrap_or_default();
             let message = answer.get("err_code_des").cloned().unwrap_or_default();
             return Err(match code.as_str() {
-                "ORDERNOTEXIST" => ChannelError::NotFound,
+                "ORDERNOTEXIST" | "REFUNDNOTEXIST" => ChannelError::NotFound,
                 "ORDERPAID" => ChannelError::AlreadyPaid,
                 "ORDERCLOSED" => ChannelError::Closed,
-                "SYSTEMERROR" | "BANKERROR" | "FREQUENCY_LIMITED" | "BIZERR_NEED_RETRY" => {
+                "SYSTEMERROR" | "BANKERROR" | "FREQUENCY_LIMITED" | "BIZERR_NEED_RETRY" | "NOTENOUGH" => {
                     ChannelError::Transient(format!("{code}: {message}"))
                 }
                 _ => ChannelError::Refused { code, message },
@@ -128,10 +135,56 @@ impl Client {
         Ok(VerifiedNotify { id, trade })
     }
 
+    /// Opens a v2 refund notify: it carries no sign; its `req_info` is encrypted with the
+    /// APIv2 key (docs/wechat-pay.md), which only WeChat and we hold.
+    pub fn open_refund_notify(&self, body: &str) -> Result<VerifiedRefund, String> {
+        let outer = xml::read(body).map_err(|e| e.to_string())?;
+        if outer.get("return_code").map(String::as_str) != Some("SUCCESS") {
+            return Err(format!("return_code {:?}", outer.get("return_code")));
+        }
+        let sealed = outer.get("req_info").filter(|v| !v.is_empty()).ok_or("no req_info")?;
+        let inner = super::req_info::decrypt(self.key.expose_secret(), sealed)?;
+        let fields = xml::read(&inner).map_err(|e| format!("req_info: {e}"))?;
+        let get = |k: &str| fields.get(k).filter(|v| !v.is_empty()).cloned();
+        let status = get("refund_status").ok_or("req_info has no refund_status")?;
+        let refund = ChannelRefund {
+            out_trade_no: get("out_trade_no").ok_or("req_info has no out_trade_no")?,
+            out_refund_no: get("out_refund_no").ok_or("req_info has no out_refund_no")?,
+            refund_id: get("refund_id"),
+            state: RefundState::parse(&status).ok_or_else(|| format!("unknown refund_status {status}"))?,
+            refund_fen: fen(get("refund_fee").as_deref(), "refund_fee")?,
+            success_time: get("success_time").and_then(|t| parse_beijing_dashed(&t)),
+        };
+        Ok(VerifiedRefund {
+            id: format!("v2:{}:{}", refund.out_refund_no, status),
+            mchid: outer.get("mch_id").cloned().unwrap_or_default(),
+            refund,
+        })
+    }
+
     /// The sign type of requests (and of the payments created with them).
     pub fn sign_type(&self) -> SignType {
         self.sign_type
     }
+}
+
+/// A v2 refund notify, opened.
+#[derive(Clone, Debug)]
+pub struct VerifiedRefund {
+    /// v2 refund notifies have no id: the refund and its status name the event.
+    pub id: String,
+    pub mchid: String,
+    pub refund: ChannelRefund,
+}
+
+/// Parses `yyyy-MM-dd HH:mm:ss` (Beijing time), as refunds write their times.
+pub fn parse_beijing_dashed(s: &str) -> Option<OffsetDateTime> {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    Some(PrimitiveDateTime::parse(s, &format).ok()?.assume_offset(BEIJING))
+}
+
+fn fen(value: Option<&str>, name: &str) -> Result<i64, String> {
+    value.ok_or_else(|| format!("no {name}"))?.parse::<i64>().map_err(|_| format!("{name} {value:?} is not fen"))
 }
 
 /// The fields of a v2 query answer or pay notify as a `Trade`.
@@ -152,6 +205,24 @@ pub fn to_trade(f: &BTreeMap<String, String>) -> Result<Trade, String> {
         total_fen: get("total_fee").map(|v| v.parse::<i64>().map_err(|_| format!("total_fee {v:?}"))).transpose()?,
         success_time: get("time_end").and_then(|t| parse_beijing_compact(&t)),
         payer_openid: get("openid"),
+    })
+}
+
+/// The refund named `out_refund_no` in a refund query answer (its fields are numbered `_0`, `_1`…).
+pub fn refund_of(answer: &BTreeMap<String, String>, out_refund_no: &str) -> Result<ChannelRefund, String> {
+    let get = |k: String| answer.get(&k).filter(|v| !v.is_empty()).cloned();
+    let count: usize = get("refund_count".into()).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let i = (0..count)
+        .find(|i| get(format!("out_refund_no_{i}")).as_deref() == Some(out_refund_no))
+        .ok_or_else(|| format!("the answer has no refund {out_refund_no}"))?;
+    let status = get(format!("refund_status_{i}")).ok_or("no refund_status")?;
+    Ok(ChannelRefund {
+        out_trade_no: get("out_trade_no".into()).ok_or("no out_trade_no")?,
+        out_refund_no: out_refund_no.to_owned(),
+        refund_id: get(format!("refund_id_{i}")),
+        state: RefundState::parse(&status).ok_or_else(|| format!("unknown refund_status {status}"))?,
+        refund_fen: fen(get(format!("refund_fee_{i}")).as_deref(), "refund_fee")?,
+        success_time: get(format!("refund_success_time_{i}")).and_then(|t| parse_beijing_dashed(&t)),
     })
 }
 
@@ -223,6 +294,37 @@ impl Client {
         self.call("/pay/closeorder", fields(&[("out_trade_no", out_trade_no.to_owned())])).await.map(drop)
     }
 
+    /// Asks for a refund (`/secapi/pay/refund`, with the merchant certificate); the same
+    /// `out_refund_no` again is the same refund. v2 answers "accepted": the refund is
+    /// PROCESSING until its notify or a query says otherwise.
+    pub async fn refund(&self, order: &RefundOrder) -> Result<ChannelRefund, ChannelError> {
+        let request = fields(&[
+            ("out_trade_no", order.out_trade_no.clone()),
+            ("out_refund_no", order.out_refund_no.clone()),
+            ("total_fee", order.total.to_fen().to_string()),
+            ("refund_fee", order.refund.to_fen().to_string()),
+            ("refund_fee_type", "CNY".into()),
+            ("refund_desc", order.reason.clone()),
+            ("notify_url", self.refund_notify_url.clone()),
+        ]);
+        let answer = self.call("/secapi/pay/refund", request).await?;
+        let get = |k: &str| answer.get(k).filter(|v| !v.is_empty()).cloned();
+        Ok(ChannelRefund {
+            out_trade_no: get("out_trade_no").unwrap_or_else(|| order.out_trade_no.clone()),
+            out_refund_no: get("out_refund_no").unwrap_or_else(|| order.out_refund_no.clone()),
+            refund_id: get("refund_id"),
+            state: RefundState::Processing,
+            refund_fen: fen(get("refund_fee").as_deref(), "refund_fee").map_err(ChannelError::Transient)?,
+            success_time: None,
+        })
+    }
+
+    /// `/pay/refundquery` by our refund number.
+    pub async fn query_refund(&self, out_refund_no: &str) -> Result<ChannelRefund, ChannelError> {
+        let answer = self.call("/pay/refundquery", fields(&[("out_refund_no", out_refund_no.to_owned())])).await?;
+        refund_of(&answer, out_refund_no).map_err(ChannelError::Transient)
+    }
+
     pub fn pay_params(&self, prepaid: &Prepaid) -> Value {
         let timestamp = OffsetDateTime::now_utc().unix_timestamp().to_string();
         let nonce = nonce();
@@ -285,6 +387,8 @@ mod tests {
             appid: "wx1".into(),
             mchid: "10000100".into(),
             notify_url: String::new(),
+            refund_notify_url: String::new(),
+            secapi: reqwest::Client::new(),
             key: SecretString::from(key.to_owned()),
             sign_type: SignType::HmacSha256,
         };

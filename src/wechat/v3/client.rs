@@ -11,9 +11,12 @@ use time::OffsetDateTime;
 use super::crypto::{PlatformKeys, SignedHeaders, VerifyError, decrypt_resource};
 use super::sign::{Authorization, nonce, pay_sign_message, sign};
 use super::types::{
-    Amount, CloseRequest, ErrorBody, H5Info, Notify, Payer, PrepayRequest, PrepayResponse, SceneInfo, Transaction,
+    Amount, CloseRequest, ErrorBody, H5Info, Notify, Payer, PrepayRequest, PrepayResponse, Refund, RefundAmount,
+    RefundRequest, SceneInfo, Transaction,
 };
-use crate::channel::{ChannelError, Prepaid, PrepayOrder, Trade, TradeState, TradeType};
+use crate::channel::{
+    ChannelError, ChannelRefund, Prepaid, PrepayOrder, RefundOrder, RefundState, Trade, TradeState, TradeType,
+};
 
 /// Everything the v3 client needs, resolved from settings.
 pub struct Client {
@@ -23,6 +26,8 @@ pub struct Client {
     pub(crate) appid: String,
     pub(crate) mchid: String,
     pub(crate) notify_url: String,
+    /// Where WeChat sends the notifies of our refunds.
+    pub(crate) refund_notify_url: String,
     /// The merchant API certificate's serial, named in `Authorization`.
     pub(crate) merchant_serial: String,
     pub(crate) merchant_key: PrivateKey,
@@ -37,10 +42,14 @@ pub struct Client {
 pub enum VerifiedNotify {
     /// `TRANSACTION.SUCCESS` with a `transaction` resource.
     Transaction { id: String, event_type: String, trade: Trade },
-    /// Signed by WeChat, but not a payment (a `REFUND.*` event sent to the pay-notify URL):
-    /// nothing here settles from it.
+    /// `REFUND.SUCCESS`, `REFUND.ABNORMAL` or `REFUND.CLOSED` with a `refund` resource.
+    Refund { id: String, event_type: String, mchid: String, refund: ChannelRefund },
+    /// Signed by WeChat, but of a kind nothing here settles from.
     Other { id: String, event_type: String, original_type: String },
 }
+
+/// The refund events a refund notify settles from.
+pub const REFUND_EVENTS: [&str; 3] = ["REFUND.SUCCESS", "REFUND.ABNORMAL", "REFUND.CLOSED"];
 
 /// The only event a pay notify settles from: WeChat notifies successful payments only.
 pub const TRANSACTION_SUCCESS: &str = "TRANSACTION.SUCCESS";
@@ -114,13 +123,17 @@ impl Client {
         }
         let notify: Notify =
             serde_json::from_slice(body).map_err(|e| VerifyError::Decrypt(format!("not a v3 notify body: {e}")))?;
-        if notify.event_type != TRANSACTION_SUCCESS || notify.resource.original_type != "transaction" {
-            return Ok(VerifiedNotify::Other {
-                id: notify.id,
-                event_type: notify.event_type,
-                original_type: notify.resource.original_type,
-            });
-        }
+        let kind = match (notify.event_type.as_str(), notify.resource.original_type.as_str()) {
+            (TRANSACTION_SUCCESS, "transaction") => "transaction",
+            (event, "refund") if REFUND_EVENTS.contains(&event) => "refund",
+            _ => {
+                return Ok(VerifiedNotify::Other {
+                    id: notify.id,
+                    event_type: notify.event_type,
+                    original_type: notify.resource.original_type,
+                });
+            }
+        };
         if notify.resource.algorithm != "AEAD_AES_256_GCM" {
             return Err(VerifyError::Decrypt(format!("algorithm {}", notify.resource.algorithm)));
         }
@@ -130,6 +143,24 @@ impl Client {
             notify.resource.associated_data.as_deref().unwrap_or(""),
             &notify.resource.ciphertext,
         )?;
+        if kind == "refund" {
+            #[derive(serde::Deserialize)]
+            struct RefundResource {
+                #[serde(default)]
+                mchid: String,
+                #[serde(flatten)]
+                refund: Refund,
+            }
+            let resource: RefundResource = serde_json::from_slice(&plain)
+                .map_err(|e| VerifyError::Decrypt(format!("the resource is not a refund: {e}")))?;
+            let refund = to_refund(resource.refund).map_err(VerifyError::Decrypt)?;
+            return Ok(VerifiedNotify::Refund {
+                id: notify.id,
+                event_type: notify.event_type,
+                mchid: resource.mchid,
+                refund,
+            });
+        }
         let transaction: Transaction = serde_json::from_slice(&plain)
             .map_err(|e| VerifyError::Decrypt(format!("the resource is not a transaction: {e}")))?;
         let trade = to_trade(transaction).map_err(VerifyError::Decrypt)?;
@@ -153,12 +184,32 @@ fn map_error(status: u16, e: ErrorBody) -> ChannelError {
         "ORDER_NOT_EXIST" | "ORDERNOTEXIST" | "RESOURCE_NOT_EXISTS" => ChannelError::NotFound,
         "ORDERPAID" | "ORDER_PAID" => ChannelError::AlreadyPaid,
         "ORDER_CLOSED" | "ORDERCLOSED" => ChannelError::Closed,
-        "SYSTEM_ERROR" | "SYSTEMERROR" | "BANK_ERROR" | "FREQUENCY_LIMITED" => {
+        "SYSTEM_ERROR" | "SYSTEMERROR" | "BANK_ERROR" | "FREQUENCY_LIMITED" | "NOT_ENOUGH" => {
             ChannelError::Transient(format!("{}: {}", e.code, e.message))
         }
         _ if status >= 500 || status == 429 => ChannelError::Transient(format!("{}: {}", e.code, e.message)),
         _ => ChannelError::Refused { code: e.code, message: e.message },
     }
+}
+
+/// A v3 Refund (answer, query or decrypted notify) as the channel layer's `ChannelRefund`.
+pub fn to_refund(r: Refund) -> Result<ChannelRefund, String> {
+    let state = RefundState::parse(&r.status).ok_or_else(|| format!("unknown refund status {:?}", r.status))?;
+    let success_time = match r.success_time.as_deref() {
+        Some(s) if !s.is_empty() => Some(
+            OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| format!("success_time {s:?}: {e}"))?,
+        ),
+        _ => None,
+    };
+    Ok(ChannelRefund {
+        out_trade_no: r.out_trade_no,
+        out_refund_no: r.out_refund_no,
+        refund_id: r.refund_id.filter(|id| !id.is_empty()),
+        state,
+        refund_fen: r.amount.refund,
+        success_time,
+    })
 }
 
 /// A v3 Transaction as the channel layer's `Trade`.
@@ -234,6 +285,34 @@ impl Client {
         let path = format!("/v3/pay/transactions/out-trade-no/{out_trade_no}/close");
         let body = serde_json::to_string(&CloseRequest { mchid: self.mchid.clone() }).expect("serialises");
         self.call(Method::POST, &path, Some(body)).await.map(drop)
+    }
+
+    /// Asks for a refund; the same `out_refund_no` again answers the refund it made.
+    pub async fn refund(&self, order: &RefundOrder) -> Result<ChannelRefund, ChannelError> {
+        let request = RefundRequest {
+            out_trade_no: order.out_trade_no.clone(),
+            out_refund_no: order.out_refund_no.clone(),
+            reason: (!order.reason.is_empty()).then(|| order.reason.clone()),
+            notify_url: self.refund_notify_url.clone(),
+            amount: RefundAmount {
+                refund: order.refund.to_fen(),
+                total: order.total.to_fen(),
+                currency: Some("CNY".into()),
+            },
+        };
+        let body = serde_json::to_string(&request).expect("a refund request serialises");
+        self.refund_answer(&self.call(Method::POST, "/v3/refund/domestic/refunds", Some(body)).await?)
+    }
+
+    pub async fn query_refund(&self, out_refund_no: &str) -> Result<ChannelRefund, ChannelError> {
+        let path = format!("/v3/refund/domestic/refunds/{out_refund_no}");
+        self.refund_answer(&self.call(Method::GET, &path, None).await?)
+    }
+
+    fn refund_answer(&self, body: &[u8]) -> Result<ChannelRefund, ChannelError> {
+        let refund: Refund = serde_json::from_slice(body)
+            .map_err(|e| ChannelError::Transient(format!("unreadable refund answer: {e}")))?;
+        to_refund(refund).map_err(ChannelError::Transient)
     }
 
     pub fn pay_params(&self, prepaid: &Prepaid) -> Value {

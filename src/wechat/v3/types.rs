@@ -116,3 +116,39 @@ pub struct Notify {
     pub summary: Option<String>,
     pub resource: Resource,
 }
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundAmount {
+    /// Fen given back.
+    pub refund: i64,
+    /// Fen the trade took.
+    pub total: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+}
+
+/// `POST /v3/refund/domestic/refunds`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRequest {
+    pub out_trade_no: String,
+    pub out_refund_no: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub notify_url: String,
+    pub amount: RefundAmount,
+}
+
+/// The Refund object of refund answers and queries; a decrypted refund notify has the same
+/// fields, its state named `refund_status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refund {
+    #[serde(default)]
+    pub refund_id: Option<String>,
+    pub out_refund_no: String,
+    pub out_trade_no: String,
+    #[serde(default, alias = "refund_status")]
+    pub status: String,
+    #[serde(default)]
+    pub success_time: Option<String>,
+    pub amount: RefundAmount,
+}

@@ -41,11 +41,29 @@ impl SimControl {
         r["merchant_status"].as_u64().unwrap_or_else(|| panic!("forge failed: {r}")) as u16
     }
 
-    /// The merchant refunds the whole order in WeChat's merchant platform; WeChat sends its
-    /// REFUND.SUCCESS notify to `notify_url`.
+    /// The merchant refunds the whole order in WeChat's merchant platform: SUCCESS at once, and
+    /// WeChat sends its REFUND.SUCCESS notify to `notify_url`.
     pub async fn refund(&self, out_trade_no: &str, notify_url: &str) -> reqwest::Response {
         let body = json!({ "out_trade_no": out_trade_no, "notify_url": notify_url });
         self.http.post(format!("{}/sim/refund", self.url)).json(&body).send().await.unwrap()
+    }
+
+    /// Sets (or, with `None`, clears) the refund fault of a trade: `never`, `abnormal`,
+    /// `closed` or `delay` (after `delay_ms`, 3000 if `None`), for its refunds asked from now on.
+    pub async fn refund_fault(&self, out_trade_no: &str, fault: Option<&str>, delay_ms: Option<u64>) {
+        let body = json!({ "out_trade_no": out_trade_no, "fault": fault, "delay_ms": delay_ms });
+        let r = self.http.post(format!("{}/sim/refund-fault", self.url)).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 200, "refund-fault {fault:?}: {}", r.text().await.unwrap_or_default());
+    }
+
+    /// The refund requests that reached WeChat for a trade, repeats included: `refund {out_refund_no}`.
+    pub async fn refund_requests(&self, out_trade_no: &str) -> Vec<String> {
+        self.records(out_trade_no)
+            .await
+            .iter()
+            .filter(|r| r["kind"] == "request")
+            .filter_map(|r| r["detail"].as_str().filter(|d| d.starts_with("refund ")).map(str::to_owned))
+            .collect()
     }
 
     pub async fn order(&self, out_trade_no: &str) -> Option<Value> {
@@ -53,18 +71,16 @@ impl SimControl {
         if r.status() == 200 { Some(r.json().await.unwrap()) } else { None }
     }
 
+    /// What the simulator received and sent for a trade.
+    async fn records(&self, out_trade_no: &str) -> Vec<Value> {
+        let url = format!("{}/sim/records?out_trade_no={out_trade_no}", self.url);
+        self.http.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
     /// The notifies sent for an order: (status the merchant answered, detail).
     pub async fn notifies(&self, out_trade_no: &str) -> Vec<(u16, String)> {
-        let records: Vec<Value> = self
-            .http
-            .get(format!("{}/sim/records?out_trade_no={out_trade_no}", self.url))
-            .send()
+        self.records(out_trade_no)
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        records
             .iter()
             .filter(|r| r["kind"] == "notify")
             .map(|r| (r["status"].as_u64().unwrap_or(0) as u16, r["detail"].as_str().unwrap_or("").to_owned()))
