@@ -94,18 +94,36 @@ impl RefundHandler {
             Err(e @ (ChannelError::Transient(_) | ChannelError::Forged(_))) => {
                 return Err(HandleError::Retryable(format!("WeChat, refund {part_no}: {e}")));
             }
-            // WeChat made no refund and will not: the part is given up, with an alert.
-            Err(e) => {
-                let given_up = ChannelRefund {
-                    out_trade_no: part.pay_no.clone(),
-                    out_refund_no: part.part_no.clone(),
-                    refund_id: None,
-                    state: RefundState::Closed,
-                    refund_fen: part.amount.to_fen(),
-                    success_time: None,
-                };
-                self.settle(&given_up, &format!("refused: {e}"), Some(&format!("WeChat refused it: {e}"))).await?
+            // A part WeChat accepted is never given up by itself: WeChat may be paying it out.
+            // Asked again, and dead-lettered with the reason once the tiers are used up.
+            Err(e) if part.asked_at.is_some() => {
+                return Err(HandleError::Retryable(format!("WeChat, query of accepted refund {part_no}: {e}")));
             }
+            // Refused: given up only once WeChat says it holds no refund of this number (an
+            // earlier ask whose answer was lost may have made it).
+            Err(e) => match wechat.query_refund(part_no).await {
+                Ok(refund) => {
+                    let raw = serde_json::to_string(&refund).expect("a refund serialises");
+                    self.settle(&refund, &raw, None).await?
+                }
+                Err(ChannelError::NotFound) => {
+                    let given_up = ChannelRefund {
+                        out_trade_no: part.pay_no.clone(),
+                        out_refund_no: part.part_no.clone(),
+                        refund_id: None,
+                        state: RefundState::Closed,
+                        refund_fen: part.amount.to_fen(),
+                        success_time: None,
+                    };
+                    let why = format!("WeChat refused it ({e}) and holds no refund of that number");
+                    self.settle(&given_up, &format!("refused: {e}"), Some(&why)).await?
+                }
+                Err(q) => {
+                    return Err(HandleError::Retryable(format!(
+                        "WeChat refused refund {part_no} ({e}), and its query failed: {q}"
+                    )));
+                }
+            },
         };
         match settled {
             RefundSettled::Waiting => {
