@@ -13,7 +13,8 @@
 //!   asked for through the API from now on settle (by default SUCCESS after 200 ms, then
 //!   notified). `fault`: `never` (SUCCESS, but no notify: the merchant must query), `abnormal`
 //!   (ABNORMAL, notified), `closed` (CLOSED, notified), `delay` (SUCCESS and notified after
-//!   `delay_ms`, 3000 if not given), or null to clear it. Refunds already made keep their course.
+//!   `delay_ms`, 3000 if not given), `refuse` (refused for good, `INVALID_REQUEST`, no refund
+//!   made), or null to clear it. Refunds already made keep their course.
 //! - `GET /sim/orders/{out_trade_no}`: the order as WeChat holds it.
 //! - `GET /sim/records[?out_trade_no=…]`: what the simulator received and sent.
 //! - `GET /sim/health`.

@@ -41,6 +41,8 @@ pub(super) enum Fault {
     Closed,
     /// Settles SUCCESS, and notifies, only after this long.
     Delay(Duration),
+    /// Refused for good (`INVALID_REQUEST`): no refund is made.
+    Refuse,
 }
 
 impl Fault {
@@ -51,6 +53,7 @@ impl Fault {
             "abnormal" => Some(Fault::Abnormal),
             "closed" => Some(Fault::Closed),
             "delay" => Some(Fault::Delay(delay_ms.map(Duration::from_millis).unwrap_or(DELAY_FAULT))),
+            "refuse" => Some(Fault::Refuse),
             _ => None,
         }
     }
@@ -216,6 +219,7 @@ fn terms(sim: &Sim, out_trade_no: &str, via: Via) -> (Duration, RefundState, boo
         Some(Fault::Abnormal) => (SETTLE_AFTER, RefundState::Abnormal, true),
         Some(Fault::Closed) => (SETTLE_AFTER, RefundState::Closed, true),
         Some(Fault::Delay(after)) => (*after, RefundState::Success, true),
+        Some(Fault::Refuse) => unreachable!("apply refuses before it asks for terms"),
     }
 }
 
@@ -237,6 +241,11 @@ pub(super) fn apply(
         .ok_or((StatusCode::NOT_FOUND, "RESOURCE_NOT_EXISTS", "ORDERNOTEXIST", "订单不存在"))?;
     if !order.state.was_paid() {
         return Err((StatusCode::BAD_REQUEST, "INVALID_REQUEST", "INVALID_REQUEST", "订单未支付，不能退款"));
+    }
+    let refused = via == Via::Api
+        && sim.refund_faults.lock().expect("refund faults lock").get(&order.out_trade_no) == Some(&Fault::Refuse);
+    if refused && !sim.refunds.lock().expect("refunds lock").contains_key(out_refund_no) {
+        return Err((StatusCode::BAD_REQUEST, "INVALID_REQUEST", "INVALID_REQUEST", "退款申请被拒绝"));
     }
     let paid = order.paid_total.unwrap_or(order.total);
     if total != paid {

@@ -840,6 +840,26 @@ async fn refunds_through_wechat(version: &str) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(w.sim.refund_requests(&abnormal_pay).await.len(), 1, "asked once, never again");
 
+    // Refused by WeChat, which holds no refund of that number: the part is given up and alerted,
+    // and the order is as paid as before.
+    let (refused_order, refused_pay) = w.created().await;
+    assert_eq!(w.sim.pay(&refused_pay, None).await.status(), 200);
+    eventually(Duration::from_secs(20), "the third order paid", || async {
+        w.status(&refused_order).await == "SUCCESS"
+    })
+    .await;
+    w.sim.refund_fault(&refused_pay, Some("refuse"), None).await;
+    let path = format!("/admin/v1/orders/{refused_order}/refunds");
+    let r = w.api.post(&path, Some(&operator), &json!({ "refund_no": "R4", "reason": "refused" })).await.unwrap();
+    assert_eq!((r.status, r.field("status")), (200, "PROCESSING"), "{:?}", r.body);
+    eventually(Duration::from_secs(20), "the refused refund given up", || async {
+        w.count("SELECT count(*) FROM refunds WHERE refund_no = $1 AND status = 'CLOSED'", "R4").await == 1
+    })
+    .await;
+    assert_eq!(w.status(&refused_order).await, "SUCCESS", "nothing counts as given back");
+    let alerts = payfleet::store::wechat::alerts(&w.env.admin.db, &refused_order).await.unwrap();
+    assert!(alerts.iter().any(|(kind, detail)| kind == "refund_closed" && detail.contains("refused")), "{alerts:?}");
+
     // Paid as the order closed: the expiry check closed it here, its close at WeChat lost on the
     // way, and the payer paid. The money goes back in full by itself, once; the order stays closed.
     let (late_order, late_pay) = w.created().await;

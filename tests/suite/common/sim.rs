@@ -49,7 +49,7 @@ impl SimControl {
     }
 
     /// Sets (or, with `None`, clears) the refund fault of a trade: `never`, `abnormal`,
-    /// `closed` or `delay` (after `delay_ms`, 3000 if `None`), for its refunds asked from now on.
+    /// `closed`, `delay` (after `delay_ms`, 3000 if `None`) or `refuse`, for its refunds asked from now on.
     pub async fn refund_fault(&self, out_trade_no: &str, fault: Option<&str>, delay_ms: Option<u64>) {
         let body = json!({ "out_trade_no": out_trade_no, "fault": fault, "delay_ms": delay_ms });
         let r = self.http.post(format!("{}/sim/refund-fault", self.url)).json(&body).send().await.unwrap();
