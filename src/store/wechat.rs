@@ -650,15 +650,15 @@ async fn apply_trade(
             outbox::enqueue(tx, &event).await?;
             Ok(Settlement::Settled)
         }
-        // The payer paid and the money went back (a refund in the merchant platform) before
-        // any report settled it here: nothing was bought, so the order stays unpaid, and an
-        // operator reconciles the trade.
         // Refunds of ours: their own reports (the refund notify, a refund query) settle them.
         TradeState::Refund if !payment.refunded.is_zero() => Ok(Settlement::Duplicate),
         TradeState::Refund if payment.status == PaymentStatus::Success => Ok(Settlement::Alert(Alert::new(
             AlertKind::RefundedOutside,
             format_args!("WeChat reports {pay_no} refunded, outside payfleet, after it settled"),
         ))),
+        // The payer paid and the money went back (a refund in the merchant platform) before
+        // any report settled it here: nothing was bought, so the order stays unpaid, and an
+        // operator reconciles the trade.
         TradeState::Refund => {
             sqlx::query(
                 "UPDATE payments SET status = 'REFUNDED', third_party_no = $2, notify_raw = $3 WHERE pay_no = $1",
