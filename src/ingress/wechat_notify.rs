@@ -19,8 +19,8 @@ use crate::config::WechatApiVersion;
 use crate::domain::Code;
 use crate::mq::messages::{RefundWork, TradeReported, TradeSource};
 use crate::mq::rpc::Outgoing;
-use crate::wechat::v3::crypto::SignedHeaders;
-use crate::wechat::{Notified, RefundNotified, SignedNotify};
+use crate::wechat::v3::client::signed_headers;
+use crate::wechat::{Notified, RefundNotified, SignedNotify, Wechat};
 
 /// How long a v3 notify nonce stays claimed: longer than the five-minute timestamp window, so
 /// a replay is refused by one or the other.
@@ -45,18 +45,12 @@ fn notify_answer(xml: bool, status: StatusCode, code: &str, message: &str) -> Re
 /// POST /api/v1/payment/wechat/notify. Anything that fails before the broker confirmed the
 /// report answers failure, so WeChat sends the notify again.
 async fn notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    const WHAT: &str = "pay notify";
     let xml = SignedNotify::is_xml(&body);
-    let Some(wechat) = &app.wechat else {
-        tracing::error!("a WeChat notify arrived but WeChat Pay is not configured");
-        return notify_answer(xml, StatusCode::SERVICE_UNAVAILABLE, "FAIL", "WeChat Pay is not configured");
-    };
-    let refused = |e: &dyn std::fmt::Display| {
-        tracing::warn!(error = %e, "refused a WeChat notify");
-        notify_answer(xml, StatusCode::UNAUTHORIZED, Code::SignError.as_str(), &format!("notify refused: {e}"))
-    };
-    let signed = match SignedNotify::received(signed_headers(&headers), &body) {
-        Ok(signed) => signed,
-        Err(e) => return refused(&e),
+    let refuse = |e: &dyn std::fmt::Display| refused(xml, WHAT, e);
+    let (wechat, signed) = match received(&app, &headers, &body, WHAT) {
+        Ok(received) => received,
+        Err(answer) => return answer,
     };
     // A v2 notify verifies only with the sign type its payment was created with.
     let sign_type = match crate::store::wechat::notify_sign_type(&app.db, &signed).await {
@@ -75,9 +69,9 @@ async fn notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
             tracing::warn!(notify_id = %id, %event_type, "a WeChat notify that is not a payment reached the pay-notify URL; ignored");
             return notify_answer(xml, StatusCode::OK, "SUCCESS", &format!("{event_type} is not handled at this URL"));
         }
-        Err(e) => return refused(&e),
+        Err(e) => return refuse(&e),
     };
-    let Some(replay_key) = signed.replay_key() else { return refused(&"the notify has no nonce") };
+    let Some(replay_key) = signed.replay_key() else { return refuse(&"the notify has no nonce") };
     if let Err(answer) = claim(&app, &signed, &replay_key, &verified.id).await {
         return answer;
     }
@@ -97,25 +91,19 @@ async fn notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) ->
 /// POST /api/v1/payment/wechat/refund-notify: a refund's progress (v3 `REFUND.*`, verified like
 /// a pay notify; v2 with its encrypted `req_info`), queued for the notify-worker's refunds.
 async fn refund_notify(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    const WHAT: &str = "refund notify";
     let xml = SignedNotify::is_xml(&body);
-    let Some(wechat) = &app.wechat else {
-        tracing::error!("a WeChat refund notify arrived but WeChat Pay is not configured");
-        return notify_answer(xml, StatusCode::SERVICE_UNAVAILABLE, "FAIL", "WeChat Pay is not configured");
-    };
-    let refused = |e: &dyn std::fmt::Display| {
-        tracing::warn!(error = %e, "refused a WeChat refund notify");
-        notify_answer(xml, StatusCode::UNAUTHORIZED, Code::SignError.as_str(), &format!("notify refused: {e}"))
-    };
-    let signed = match SignedNotify::received(signed_headers(&headers), &body) {
-        Ok(signed) => signed,
-        Err(e) => return refused(&e),
+    let refuse = |e: &dyn std::fmt::Display| refused(xml, WHAT, e);
+    let (wechat, signed) = match received(&app, &headers, &body, WHAT) {
+        Ok(received) => received,
+        Err(answer) => return answer,
     };
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let notified = match wechat.verify_refund_notify(&signed, Some(now)) {
         Ok(notified) => notified,
-        Err(e) => return refused(&e),
+        Err(e) => return refuse(&e),
     };
-    let Some(replay_key) = signed.refund_replay_key() else { return refused(&"the notify has no nonce") };
+    let Some(replay_key) = signed.refund_replay_key() else { return refuse(&"the notify has no nonce") };
     if let Err(answer) = claim(&app, &signed, &replay_key, &notified.id).await {
         return answer;
     }
@@ -125,15 +113,29 @@ async fn refund_notify(State(app): State<AppState>, headers: HeaderMap, body: By
     queue::<RefundWork>(&app, &signed, (&replay_key, &notified.id, about), &payload).await
 }
 
-/// The `Wechatpay-*` headers of a notify.
-fn signed_headers(headers: &HeaderMap) -> SignedHeaders {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    SignedHeaders {
-        timestamp: get("wechatpay-timestamp"),
-        nonce: get("wechatpay-nonce"),
-        signature: get("wechatpay-signature"),
-        serial: get("wechatpay-serial"),
-    }
+/// The configured channel and the notify as WeChat signed it (`what`: which notify, for the
+/// log); Err is the answer for WeChat: try again later, or refused.
+#[expect(clippy::result_large_err, reason = "the Err is the one HTTP answer of a request, built once")]
+fn received<'a>(
+    app: &'a AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    what: &str,
+) -> Result<(&'a Wechat, SignedNotify), Response> {
+    let xml = SignedNotify::is_xml(body);
+    let Some(wechat) = app.wechat.as_deref() else {
+        tracing::error!("a WeChat {what} arrived but WeChat Pay is not configured");
+        return Err(notify_answer(xml, StatusCode::SERVICE_UNAVAILABLE, "FAIL", "WeChat Pay is not configured"));
+    };
+    SignedNotify::received(signed_headers(headers), body)
+        .map(|signed| (wechat, signed))
+        .map_err(|e| refused(xml, what, &e))
+}
+
+/// A notify that does not verify: refused, so WeChat (or whoever sent it) is told.
+fn refused(xml: bool, what: &str, e: &dyn std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "refused a WeChat {what}");
+    notify_answer(xml, StatusCode::UNAUTHORIZED, Code::SignError.as_str(), &format!("notify refused: {e}"))
 }
 
 /// Whether a verified notify is new: Err is the answer to give WeChat instead of queueing it.

@@ -45,6 +45,13 @@ impl SignedNotify {
         })
     }
 
+    /// The body as WeChat sent it, for the record.
+    pub fn body(&self) -> &str {
+        match self {
+            SignedNotify::V3 { body, .. } | SignedNotify::V2 { body } => body,
+        }
+    }
+
     pub fn api_version(&self) -> WechatApiVersion {
         match self {
             SignedNotify::V3 { .. } => WechatApiVersion::V3,

@@ -16,7 +16,7 @@ use crate::mq::messages::{TradeReported, TradeSource};
 use crate::mq::topology::{WECHAT_NOTIFY, WECHAT_REFUND};
 use crate::store::wechat::Settlement;
 use crate::store::{self, Pool};
-use crate::wechat::{Notified, SignedNotify, Wechat};
+use crate::wechat::{Notified, Wechat};
 
 pub struct NotifyHandler {
     db: Pool,
@@ -73,9 +73,7 @@ impl NotifyHandler {
         {
             return self.query(wechat, no).await;
         }
-        let raw = match signed {
-            SignedNotify::V3 { body, .. } | SignedNotify::V2 { body } => body.clone(),
-        };
+        let raw = signed.body().to_owned();
         Ok(Confirmed::Report(Box::new(TradeReported {
             source: TradeSource::Notify,
             report_id: verified.id,

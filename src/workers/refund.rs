@@ -49,10 +49,7 @@ impl RefundHandler {
                         notified.mchid, self.mchid
                     )));
                 }
-                let raw = match signed {
-                    crate::wechat::SignedNotify::V3 { body, .. } | crate::wechat::SignedNotify::V2 { body } => body,
-                };
-                self.settle(&notified.refund, raw, None).await?;
+                self.settle(&notified.refund, signed.body(), None).await?;
                 Ok(Outcome::default())
             }
         }

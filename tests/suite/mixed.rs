@@ -257,18 +257,9 @@ async fn race(first: First) {
     let env = TestEnv::new().await;
     let db = &env.admin.db;
     let (user, order, pay_no) = a_held_order(&env).await;
-    // Its pay time ran out.
-    sqlx::query("UPDATE orders SET expires_at = now() - interval '1 second' WHERE order_no = $1")
-        .bind(&order)
-        .execute(db)
-        .await
-        .unwrap();
-
-    // The three racers on a pool of their own, beside the test's (which holds the lock and
-    // watches them wait).
-    let racers = PgPool::connect(&env.env["PAYFLEET__DATABASE__URL"]).await.unwrap();
-    let mut holder = db.begin().await.unwrap();
-    payfleet::store::orders::lock_one(&mut holder, &order).await.unwrap();
+    // Its pay time ran out; the three racers on a pool of their own, beside the test's (which
+    // holds the lock and watches them wait).
+    let (racers, holder) = env.hold_expired_order(&order).await;
     let expire = {
         let (db, order, pay_no) = (racers.clone(), order.clone(), pay_no.clone());
         move || tokio::spawn(async move { Outcome::Expiry(wechat::expire(&db, &order, Some(&pay_no)).await.unwrap()) })

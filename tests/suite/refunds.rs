@@ -437,14 +437,7 @@ async fn expiry_against_a_late_notify(expiry_first: bool) {
     else {
         panic!("a prepay")
     };
-    sqlx::query("UPDATE orders SET expires_at = now() - interval '1 second' WHERE order_no = $1")
-        .bind(&order)
-        .execute(db)
-        .await
-        .unwrap();
-    let racers = PgPool::connect(&env.env["PAYFLEET__DATABASE__URL"]).await.unwrap();
-    let mut holder = db.begin().await.unwrap();
-    payfleet::store::orders::lock_one(&mut holder, &order).await.unwrap();
+    let (racers, holder) = env.hold_expired_order(&order).await;
     let expire = {
         let (db, order, pay_no) = (racers.clone(), order.clone(), pay_no.clone());
         move || tokio::spawn(async move { format!("{:?}", wechat::expire(&db, &order, Some(&pay_no)).await.unwrap()) })

@@ -251,6 +251,26 @@ impl Drop for InProcess {
     }
 }
 
+impl TestEnv {
+    /// An order whose pay time ran out, locked by the test (the returned transaction) so racers
+    /// queue on it, and a pool of their own for the racers.
+    pub async fn hold_expired_order(
+        &self,
+        order_no: &str,
+    ) -> (sqlx::PgPool, sqlx::Transaction<'static, sqlx::Postgres>) {
+        let db = &self.admin.db;
+        sqlx::query("UPDATE orders SET expires_at = now() - interval '1 second' WHERE order_no = $1")
+            .bind(order_no)
+            .execute(db)
+            .await
+            .unwrap();
+        let racers = sqlx::PgPool::connect(&self.env["PAYFLEET__DATABASE__URL"]).await.unwrap();
+        let mut holder = db.begin().await.unwrap();
+        payfleet::store::orders::lock_one(&mut holder, order_no).await.unwrap();
+        (racers, holder)
+    }
+}
+
 /// Waits until `n` sessions of this test's database wait for a lock.
 pub async fn until_waiting_on_locks(db: &sqlx::PgPool, n: i64) {
     eventually(Duration::from_secs(10), "a transaction waits for the held lock", || async {
