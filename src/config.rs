@@ -54,6 +54,7 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     pub pay_worker: WorkerSettings,
     pub notify_worker: WorkerSettings,
+    pub followup_worker: WorkerSettings,
     pub outbox: OutboxSettings,
     pub wechat: WechatSettings,
     pub log: LogSettings,
@@ -472,7 +473,11 @@ impl Settings {
         if self.rate_limit.window_secs == 0 {
             return bad("rate_limit.window_secs", "must be at least 1");
         }
-        for (key, worker) in [("pay_worker", &self.pay_worker), ("notify_worker", &self.notify_worker)] {
+        for (key, worker) in [
+            ("pay_worker", &self.pay_worker),
+            ("notify_worker", &self.notify_worker),
+            ("followup_worker", &self.followup_worker),
+        ] {
             if worker.prefetch == 0 || worker.concurrency == 0 || worker.batch_max == 0 {
                 return bad(key, "prefetch, concurrency and batch_max must be at least 1");
             }

@@ -17,6 +17,7 @@ use super::client::ApiClient;
 use super::fleet::{self, Fleet, Logs};
 use super::{Admin, declare_topology, migrate};
 use crate::config::Settings;
+use crate::domain::lottery::PrizeSpec;
 use crate::domain::{GoodsKind, Money, PayMethod};
 use crate::mq::topology::Topology;
 use crate::store::users::Balances;
@@ -169,7 +170,8 @@ struct Row {
 
 async fn measure(admin: &Admin, api: &ApiClient, args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     let one = Money::parse("1.00").expect("valid");
-    let goods = crate::store::goods::create_goods(&admin.db, GoodsKind::Infinite, "bench draw", one).await?;
+    let prize = PrizeSpec { name: "bench prize".into(), count: 1 };
+    let goods = crate::store::goods::create_goods(&admin.db, GoodsKind::Infinite, "bench draw", one, &[prize]).await?;
     let opening = Balances {
         money: Money::parse("1000000").expect("valid"),
         integral: Money::parse("100000000").expect("valid"),

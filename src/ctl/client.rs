@@ -126,6 +126,11 @@ impl ApiClient {
         self.get(&format!("/api/v1/payment/{order_no}/status"), Some(token)).await
     }
 
+    /// GET /api/v1/orders/{orderNo}: the order with its payments and draws.
+    pub async fn order(&self, token: &str, order_no: &str) -> anyhow::Result<ApiResponse> {
+        self.get(&format!("/api/v1/orders/{order_no}"), Some(token)).await
+    }
+
     pub async fn set_pay_password(&self, token: &str, password: &str, sms_code: &str) -> anyhow::Result<ApiResponse> {
         let body = json!({ "password": password, "confirm_password": password, "sms_code": sms_code });
         self.post("/api/v1/user/payment-password", Some(token), &body).await

@@ -11,6 +11,7 @@ use super::client::{ApiClient, ApiResponse};
 use super::fleet::{self, Fleet, Logs};
 use super::{Admin, declare_topology, migrate};
 use crate::config::{DEV_SECRET_VARS, DEV_SECRETS_FILE, Settings, gives_secret, is_development, read_dev_secrets};
+use crate::domain::lottery::PrizeSpec;
 use crate::domain::{GoodsKind, Money};
 use crate::store::users::Balances;
 
@@ -203,6 +204,7 @@ async fn play(settings: &Settings, fleet: &mut Fleet) -> anyhow::Result<(Checks,
         fleet::NOTIFY_WORKER,
         &[("PAYFLEET__WECHAT__REFUND_NOTIFY_URL", &format!("{url}/api/v1/payment/wechat/refund-notify"))],
     )?;
+    fleet.spawn(fleet::FOLLOWUP_WORKER, &[])?;
     let api = ApiClient::new(&url);
     api.wait_ready(Duration::from_secs(30)).await.context("waiting for /readyz")?;
     println!("    ingress ready at {url}, wechat-sim at {sim_url}");
@@ -229,8 +231,16 @@ async fn scenario(settings: &Settings, api: &ApiClient, sim_url: &str) -> anyhow
     step(3, "seed a user (balance 100.00, integral 1000, money2 20.00) and two goods");
     let opening = Balances { money: m("100.00"), integral: m("1000"), money2: m("20.00") };
     let (user, token) = admin.create_user("demo", &opening, None).await?;
-    let ticket = crate::store::goods::create_goods(&admin.db, GoodsKind::Ichiban, "一番赏 ticket", m("10.00")).await?;
-    let draw = crate::store::goods::create_goods(&admin.db, GoodsKind::Infinite, "无限赏 draw", m("5.00")).await?;
+    let prizes =
+        |list: &[&str]| list.iter().map(|p| PrizeSpec::parse(p).expect("demo prizes are valid")).collect::<Vec<_>>();
+    let box_prizes = prizes(&["A賞 figure:2", "B賞 plush:8", "C賞 keyring:30"]);
+    let ticket =
+        crate::store::goods::create_goods(&admin.db, GoodsKind::Ichiban, "一番赏 ticket", m("10.00"), &box_prizes)
+            .await?;
+    let pool_prizes = prizes(&["SSR card:1", "SR card:9", "R card:90"]);
+    let draw =
+        crate::store::goods::create_goods(&admin.db, GoodsKind::Infinite, "无限赏 draw", m("5.00"), &pool_prizes)
+            .await?;
     println!("    user {user}, goods {ticket} (ichiban, 10.00) and {draw} (infinite, 5.00)");
 
     step(4, "set the pay password with an SMS code");

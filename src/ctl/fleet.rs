@@ -15,6 +15,7 @@ use tokio::sync::watch;
 pub const INGRESS: &str = "payfleet-ingress";
 pub const PAY_WORKER: &str = "payfleet-pay-worker";
 pub const NOTIFY_WORKER: &str = "payfleet-notify-worker";
+pub const FOLLOWUP_WORKER: &str = "payfleet-followup-worker";
 pub const WECHAT_SIM: &str = "wechat-sim";
 
 /// Where children's log lines go.

@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::auth::TokenKeys;
 use crate::cache::Cache;
 use crate::config::Settings;
+use crate::domain::lottery::{PrizeSpec, check_prizes};
 use crate::domain::{GoodsKind, Money};
 use crate::mq::topology::{QUEUES, Topology};
 use crate::password::{PasswordHasher, is_well_formed};
@@ -87,7 +88,7 @@ pub enum UserCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum GoodsCommand {
-    /// Create goods; prints {"goods_id":…}.
+    /// Create goods with their prizes; prints {"goods_id":…}.
     Create {
         #[arg(long, value_parser = parse_kind)]
         kind: GoodsKind,
@@ -95,6 +96,10 @@ pub enum GoodsCommand {
         name: String,
         #[arg(long)]
         price: String,
+        /// A prize, repeated: "name:quantity" for ichiban (how many the box holds), "name:weight"
+        /// for infinite (its share of the draws).
+        #[arg(long = "prize", value_parser = PrizeSpec::parse, required = true)]
+        prizes: Vec<PrizeSpec>,
     },
 }
 
@@ -156,10 +161,11 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             }
             println!("{}", admin.issue_sms_code(user).await?);
         }
-        Command::Goods { command: GoodsCommand::Create { kind, name, price } } => {
+        Command::Goods { command: GoodsCommand::Create { kind, name, price, prizes } } => {
+            check_prizes(kind, &prizes).map_err(|e| anyhow::anyhow!(e))?;
+            let price = money_arg("price", &price)?;
             let admin = Admin::connect(&settings)?;
-            let goods_id =
-                crate::store::goods::create_goods(&admin.db, kind, &name, money_arg("price", &price)?).await?;
+            let goods_id = crate::store::goods::create_goods(&admin.db, kind, &name, price, &prizes).await?;
             println!("{}", json!({ "goods_id": goods_id }));
         }
         Command::Demo(args) => demo::run(settings, args).await?,

@@ -2,6 +2,7 @@
 //! whole fleet answers with. Every other module builds on these.
 
 pub mod code;
+pub mod lottery;
 pub mod mixed;
 pub mod money;
 pub mod order;

@@ -3,16 +3,20 @@
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::extract::{AuthUser, Json};
+use super::fields::check_order_no;
 use super::limits::{self, ClientIp, Kind};
+use super::payment::payment_details;
 use super::respond::{ok, rfc3339};
 use super::{ApiError, AppState, Result};
+use crate::domain::PayType;
+use crate::store;
 use crate::store::orders::{CreateOrderError, create_order};
 
 /// The most tickets one order may hold.
@@ -53,6 +57,45 @@ async fn create(
     ))
 }
 
+/// GET /api/v1/orders/{orderNo}: the owner's order with its payments and, once it is served,
+/// its draws (`followup` null: not served yet).
+async fn show(
+    State(app): State<AppState>,
+    AuthUser(user_id): AuthUser,
+    client: ClientIp,
+    Path(order_no): Path<String>,
+) -> Result<Response> {
+    limits::check(&app, Kind::Status, user_id, client).await?;
+    check_order_no(&order_no)?;
+    let order =
+        store::orders::find_for_user(&app.db, &order_no, user_id).await?.ok_or_else(|| ApiError::not_found("order"))?;
+    let (followup, draws) = store::followups::of_order(&app.db, &order_no).await?;
+    Ok(ok(
+        "ok",
+        json!({
+            "order_no": order.order_no,
+            "kind": order.kind,
+            "goods_id": order.goods_id,
+            "num": order.num,
+            "amount": order.amount,
+            "status": order.status,
+            "pay_type": order.pay_type.map(PayType::name),
+            "pay_no": order.pay_no,
+            "paid_at": order.paid_at.map(rfc3339),
+            "refunded_amount": order.refunded,
+            "created_at": rfc3339(order.created_at),
+            "expires_at": rfc3339(order.expires_at),
+            "payment_details": payment_details(&order),
+            "followup": followup.map(|f| json!({
+                "outcome": f.outcome, "refund_no": f.refund_no, "detail": f.detail, "done_at": rfc3339(f.done_at),
+            })),
+            "draws": draws.iter().map(|d| json!({
+                "position": d.position, "prize": d.prize, "drawn_at": rfc3339(d.drawn_at),
+            })).collect::<Vec<_>>(),
+        }),
+    ))
+}
+
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/orders", post(create))
+    Router::new().route("/api/v1/orders", post(create)).route("/api/v1/orders/{order_no}", get(show))
 }

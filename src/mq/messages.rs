@@ -224,6 +224,15 @@ pub struct PayTimeoutDue {
     pub order_no: String,
 }
 
+/// What arrives on `order.followup`: an order was paid (serve it), or money of it was given
+/// back. The two kinds differ in their fields, which tell them apart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Followup {
+    Paid(OrderPaid),
+    Refunded(OrderRefunded),
+}
+
 /// An order was paid: written to the outbox in the paying transaction, relayed to
 /// `order.followup` (lottery draw, recharge credit, shipping fee).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -98,11 +98,11 @@ pub const QUEUES: [QueueSpec; 7] = [
     },
     QueueSpec {
         name: ORDER_FOLLOWUP,
-        carries: "an order was paid: draws, recharge credit, shipping fee",
+        carries: "an order was paid (serve it: lottery draws) or refunded",
         from: "outbox",
         retry: Retry::Short,
         waits_in: None,
-        consumers: &[],
+        consumers: &["payfleet-followup-worker"],
     },
     QueueSpec {
         name: ORDER_NOTIFY,

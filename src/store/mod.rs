@@ -2,6 +2,7 @@
 //! table group. Only this module writes SQL.
 
 mod codec;
+pub mod followups;
 pub mod goods;
 pub mod ledger;
 pub mod mixed;

@@ -198,6 +198,9 @@ pub struct PaymentDetail {
 pub struct OrderView {
     pub order_no: String,
     pub user_id: i64,
+    pub goods_id: i64,
+    pub kind: GoodsKind,
+    pub num: i32,
     pub status: OrderStatus,
     pub amount: Money,
     pub pay_type: Option<PayType>,
@@ -206,6 +209,7 @@ pub struct OrderView {
     pub expires_at: OffsetDateTime,
     /// Yuan given back by refunds.
     pub refunded: Money,
+    pub created_at: OffsetDateTime,
     #[sqlx(skip)]
     pub payments: Vec<PaymentDetail>,
 }
@@ -223,7 +227,8 @@ pub async fn find(pool: &PgPool, order_no: &str) -> Result<Option<OrderView>> {
 
 async fn find_where(pool: &PgPool, order_no: &str, user_id: Option<i64>) -> Result<Option<OrderView>> {
     let view: Option<OrderView> = sqlx::query_as(
-        "SELECT order_no, user_id, status, amount, pay_type, pay_no, paid_at, expires_at, refunded
+        "SELECT order_no, user_id, goods_id, kind, num, status, amount, pay_type, pay_no, paid_at, expires_at, refunded,
+                created_at
          FROM orders WHERE order_no = $1 AND ($2::bigint IS NULL OR user_id = $2)",
     )
     .bind(order_no)

@@ -235,7 +235,10 @@ async fn payctl_topology_shows_each_queues_depth_and_the_queues_nothing_consumes
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout.lines().find(|l| l.starts_with(&format!("{followup} "))).unwrap_or_else(|| panic!("{stdout}"));
     let columns: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(columns[1..3], ["1", "0"], "one message, no consumer: {line}");
+    assert_eq!(columns[1..3], ["1", "0"], "one message, its consumer not running: {line}");
+    assert!(!line.contains("no consumer in this version"), "the follow-up worker consumes it: {line}");
+    let notify = Topology::new(&env.settings.broker).queue(payfleet::mq::topology::ORDER_NOTIFY);
+    let line = stdout.lines().find(|l| l.starts_with(&format!("{notify} "))).unwrap_or_else(|| panic!("{stdout}"));
     assert!(line.contains("no consumer in this version"), "{line}");
     let requests = stdout
         .lines()

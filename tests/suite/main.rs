@@ -6,6 +6,7 @@ mod common;
 
 mod consumer;
 mod e2e;
+mod followups;
 mod mixed;
 mod outage;
 mod payments;

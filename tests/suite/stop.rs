@@ -175,7 +175,7 @@ async fn demo(env: &TestEnv, dir: &std::path::Path) -> (Child, mpsc::UnboundedRe
         }
     }
     let children = children_of(child.id().unwrap() as i32);
-    assert_eq!(children.len(), 4, "wechat-sim, the ingress and two workers: {children:?}");
+    assert_eq!(children.len(), 5, "wechat-sim, the ingress and three workers: {children:?}");
     (child, lines, port.expect("the demo printed the ingress's address"), children)
 }
 

@@ -13,6 +13,7 @@ use payfleet::config::Settings;
 use payfleet::ctl::Admin;
 use payfleet::ctl::client::ApiClient;
 use payfleet::ctl::fleet::{Fleet, Logs};
+use payfleet::domain::lottery::PrizeSpec;
 use payfleet::domain::{GoodsKind, Money};
 use payfleet::mq::envelope;
 use payfleet::mq::messages::{PayReplied, PayRequested};
@@ -96,8 +97,15 @@ impl TestEnv {
         self.admin.create_user("test", &opening, Some("123456")).await.unwrap()
     }
 
+    /// Ichiban goods at `price` whose box holds more than any test draws.
     pub async fn goods(&self, price: &str) -> i64 {
-        payfleet::store::goods::create_goods(&self.admin.db, GoodsKind::Ichiban, "test goods", m(price)).await.unwrap()
+        self.lottery(GoodsKind::Ichiban, price, &["test prize:1000000"]).await
+    }
+
+    /// Goods of `kind` with these prizes ("name:count").
+    pub async fn lottery(&self, kind: GoodsKind, price: &str, prizes: &[&str]) -> i64 {
+        let prizes: Vec<PrizeSpec> = prizes.iter().map(|p| PrizeSpec::parse(p).unwrap()).collect();
+        payfleet::store::goods::create_goods(&self.admin.db, kind, "test goods", m(price), &prizes).await.unwrap()
     }
 
     /// `count` unpaid orders of `goods` for `user`, straight into the database.
@@ -163,6 +171,19 @@ impl TestEnv {
         let reply = tokio::time::timeout(Duration::from_secs(10), replies.next()).await.unwrap().unwrap().unwrap();
         payfleet::mq::close(&conn, &channel).await;
         serde_json::from_slice(&reply.data).unwrap()
+    }
+
+    /// Publishes `body` to this test's work queue `base` as the outbox relay would (a fresh
+    /// message id each time: a second copy of an event, as a crashed relay would send it).
+    pub async fn publish(&self, base: &str, kind: &str, body: &[u8]) {
+        let conn = payfleet::mq::connect(&self.settings.broker, "test-publish").await.unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let publisher = payfleet::mq::publisher::Publisher::on(channel.clone(), Duration::from_secs(5)).await.unwrap();
+        let id = uuid::Uuid::now_v7().to_string();
+        let properties = envelope::properties(&id, kind, "00-0-0-01");
+        let queue = Topology::new(&self.settings.broker).queue(base);
+        publisher.publish(&queue, body, properties).await.unwrap();
+        payfleet::mq::close(&conn, &channel).await;
     }
 
     /// How many messages wait in one of this test's queues.
